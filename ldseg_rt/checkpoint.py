@@ -1,0 +1,81 @@
+"""Trained-model files: a checkpoint records the configuration next to the weights, so
+that loading it needs nothing else. Built-in models are checkpoints shipped in
+ldseg_rt/builtin/ and named `builtin:NAME`."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .configs import LDSegConfig
+from .errors import ConfigError, ModelLoadError
+from .models import LDSeg
+
+FORMAT = "ldseg_rt.checkpoint"
+VERSION = 1
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+def save_checkpoint(model: LDSeg, path, **extra) -> Path:
+    """Write the model and `extra` entries (tensors, numbers, strings) atomically."""
+    path = Path(path)
+    payload = {"format": FORMAT, "version": VERSION, "family": "ldseg",
+               "config": model.config.to_dict(), "state_dict": model.state_dict(), **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    """The checkpoint's raw contents, checked for format and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"{str(path)!r} is not a readable ldseg_rt checkpoint: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelLoadError(f"{str(path)!r} is not an ldseg_rt checkpoint")
+    if payload.get("version", 0) > VERSION:
+        raise ModelLoadError(f"{str(path)!r} has checkpoint version {payload['version']}; this ldseg_rt "
+                             f"reads up to version {VERSION}: upgrade ldseg_rt")
+    return payload
+
+
+def load_checkpoint(path) -> LDSeg:
+    payload = read_checkpoint(path)
+    try:
+        model = LDSeg(LDSegConfig.from_dict(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+    except (ConfigError, RuntimeError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{str(path)!r}: weights do not match the recorded configuration: {e}") from e
+    return model.eval()
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.pt"))
+
+
+def load_model(engine) -> LDSeg:
+    """An in-memory LDSeg, a checkpoint path, or `builtin:NAME`."""
+    if isinstance(engine, LDSeg):
+        return engine.eval()
+    if isinstance(engine, str) and engine.startswith("builtin:"):
+        name = engine.split(":", 1)[1]
+        if name not in builtin_names():
+            raise ModelLoadError(f"no built-in model {name!r}; shipped: {builtin_names() or 'none yet'}")
+        return load_checkpoint(BUILTIN_DIR / f"{name}.pt")
+    if isinstance(engine, (str, os.PathLike)):
+        return load_checkpoint(engine)
+    raise ModelLoadError(f"cannot load a model from {type(engine).__name__}; pass an LDSeg module, "
+                         "a checkpoint path or 'builtin:NAME'")

@@ -1,0 +1,103 @@
+"""Named architecture configurations of the LDSeg family (SPEC section 1 L).
+
+`glas512` is the paper's 2D configuration exactly; `small` is a scaled-down variant with
+the same structure for tests, the demo and CPU training.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LDSegConfig:
+    name: str
+    image_size: int  # square input side, pixels
+    in_channels: int
+    num_classes: int
+    latent_channels: int = 1
+    # Image encoder E: stem conv, then conv_blocks that each halve the resolution.
+    image_encoder_stem: int = 16
+    image_encoder_widths: tuple[int, ...] = (32, 64, 64, 32)
+    image_encoder_attention: tuple[bool, ...] = (False, False, True, True)
+    image_encoder_heads: int = 8
+    image_encoder_groups: int = 4
+    attention_groups: int = 8
+    dropout: float = 0.2
+    # Label encoder (training only): residual blocks with max-pooling between them.
+    label_encoder_widths: tuple[int, ...] = (16, 32, 64, 64, 32)
+    # Label decoder G: one transposed-conv stage per doubling.
+    decoder_widths: tuple[int, ...] = (32, 64, 64, 32)
+    # Denoiser D: a U-Net on the latent.
+    denoiser_stem: int = 16
+    denoiser_widths: tuple[int, ...] = (16, 32, 64)
+    denoiser_attention: tuple[bool, ...] = (False, True, True)
+    num_res_blocks: int = 2
+    norm_groups: int = 4
+    time_dim: int = 64
+    # Diffusion.
+    timesteps: int = 1000
+    cosine_s: float = 0.008
+    steps: int = 15
+    eta: float = 0.0
+
+    def __post_init__(self):
+        downsamplings = len(self.image_encoder_widths)
+        if len(self.image_encoder_attention) != downsamplings:
+            raise ConfigError(f"{self.name}: image_encoder_attention needs one flag per encoder block")
+        if len(self.denoiser_attention) != len(self.denoiser_widths):
+            raise ConfigError(f"{self.name}: denoiser_attention needs one flag per denoiser level")
+        if len(self.label_encoder_widths) - 1 != downsamplings or len(self.decoder_widths) != downsamplings:
+            raise ConfigError(
+                f"{self.name}: label encoder ({len(self.label_encoder_widths) - 1} poolings), image encoder "
+                f"({downsamplings} blocks) and decoder ({len(self.decoder_widths)} stages) must change "
+                "resolution by the same factor")
+        if self.image_size % 2 ** downsamplings:
+            raise ConfigError(f"{self.name}: image_size {self.image_size} is not divisible by {2 ** downsamplings}")
+        if self.latent_size % 2 ** (len(self.denoiser_widths) - 1):
+            raise ConfigError(f"{self.name}: latent {self.latent_size} too small for {len(self.denoiser_widths)} levels")
+        if self.num_classes < 2 or self.in_channels < 1:
+            raise ConfigError(f"{self.name}: needs at least 2 classes and 1 input channel")
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 2 ** len(self.image_encoder_widths)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.latent_channels, self.latent_size, self.latent_size)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "LDSegConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(fields) - known
+        if unknown:
+            raise ConfigError(f"unknown configuration fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+CONFIGS = {
+    "glas512": LDSegConfig(name="glas512", image_size=512, in_channels=3, num_classes=2),
+    "small": LDSegConfig(
+        name="small",
+        image_size=128,
+        in_channels=1,
+        num_classes=3,
+        image_encoder_widths=(16, 32, 32),
+        image_encoder_attention=(False, True, True),
+        label_encoder_widths=(16, 32, 32, 32),
+        decoder_widths=(32, 32, 16),
+    ),
+}
+
+
+def get_config(name: str) -> LDSegConfig:
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ConfigError(f"unknown configuration {name!r}; known: {sorted(CONFIGS)}") from None

@@ -1,0 +1,36 @@
+"""The exceptions ldseg_rt raises for bad input, each naming what is wrong.
+
+They subclass ValueError or TypeError, so callers that already catch those keep working.
+"""
+
+
+class LdsegError(Exception):
+    """Base of every ldseg_rt error."""
+
+
+class InvalidImageError(LdsegError, ValueError):
+    """The image's values or shape cannot be segmented (NaN/Inf, rank, channels, size)."""
+
+
+class ImageTypeError(LdsegError, TypeError):
+    """The image is not a numeric numpy array or torch tensor."""
+
+
+class InvalidArgumentError(LdsegError, ValueError):
+    """A sampling argument is out of range (n, steps, eta, seed)."""
+
+
+class BackendError(LdsegError, ValueError):
+    """The requested backend is unknown or cannot run here."""
+
+
+class DeviceError(LdsegError, ValueError):
+    """The requested device is unknown or not present on this machine."""
+
+
+class ModelLoadError(LdsegError, ValueError):
+    """A model file or built-in name cannot be loaded (missing, corrupt, incompatible)."""
+
+
+class ConfigError(LdsegError, ValueError):
+    """A model configuration name or field is unknown or inconsistent."""

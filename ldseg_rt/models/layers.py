@@ -1,0 +1,198 @@
+"""Keras-compatible building blocks for the LDSeg port (SPEC section 1 L).
+
+The original is TF/Keras; these modules reproduce its numerics in PyTorch: norm epsilon
+1e-3, TF 'same' padding (asymmetric for stride 2), Conv2DTranspose 'same' cropping, and
+Keras' VarianceScaling initialisers.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KERAS_EPS = 1e-3  # Keras' default epsilon for BatchNorm, GroupNorm and LayerNorm
+KERAS_BN_MOMENTUM = 0.01  # Keras momentum 0.99 in PyTorch's convention
+
+
+def variance_scaling_(weight: torch.Tensor, scale: float, mode: str = "fan_avg") -> torch.Tensor:
+    """Keras VarianceScaling(scale, mode, 'uniform'); scale 0 is Keras' zero init."""
+    if scale == 0:
+        return nn.init.zeros_(weight)
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    fan = {"fan_in": fan_in, "fan_avg": (fan_in + fan_out) / 2}[mode]
+    limit = math.sqrt(3.0 * scale / fan)
+    return nn.init.uniform_(weight, -limit, limit)
+
+
+def glorot_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    return variance_scaling_(weight, scale, "fan_avg")
+
+
+def he_uniform_(weight: torch.Tensor) -> torch.Tensor:
+    return variance_scaling_(weight, 2.0, "fan_in")
+
+
+def _init(layer: nn.Module, init=glorot_) -> nn.Module:
+    init(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def group_norm(groups: int, channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=KERAS_EPS)
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=KERAS_EPS, momentum=KERAS_BN_MOMENTUM)
+
+
+def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF 'same' padding (before, after): the extra pixel goes after, e.g. (0, 1) for k3 s2."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2D(padding='same') as TF computes it, for any stride."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, init=glorot_):
+        # Stride 1 with an odd kernel pads symmetrically, which the conv can do itself.
+        symmetric = stride == 1 and kernel % 2 == 1
+        super().__init__(cin, cout, kernel, stride, padding=kernel // 2 if symmetric else 0)
+        self.needs_tf_pad = not symmetric
+        _init(self, init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.needs_tf_pad:
+            k, s = self.kernel_size[0], self.stride[0]
+            top, bottom = tf_same_padding(x.shape[-2], k, s)
+            left, right = tf_same_padding(x.shape[-1], k, s)
+            x = F.pad(x, (left, right, top, bottom))
+        return super().forward(x)
+
+
+class SameConvTranspose2d(nn.ConvTranspose2d):
+    """Conv2DTranspose(padding='same'): the full transposed conv, cropped to stride x input."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 2):
+        super().__init__(cin, cout, kernel, stride, padding=0)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] * self.stride[0], x.shape[-1] * self.stride[1]
+        return super().forward(x)[..., :h, :w]
+
+
+def dense(cin: int, cout: int, scale: float = 1.0) -> nn.Linear:
+    return _init(nn.Linear(cin, cout), lambda w: glorot_(w, scale))
+
+
+class SelfAttention(nn.Module):
+    """GroupNorm, q/k/v dense, softmax(q k^T d^-0.5) v per head, dense projection.
+
+    The two LDSeg networks differ in where the residual comes from: the image encoder adds
+    the projection to its un-normalised input, the denoiser to the normalised one.
+    """
+
+    def __init__(self, channels: int, heads: int, groups: int, residual_from_normalized: bool):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"{channels} channels do not split into {heads} heads")
+        self.heads = heads
+        self.residual_from_normalized = residual_from_normalized
+        self.norm = group_norm(groups, channels)
+        self.query = dense(channels, channels)
+        self.key = dense(channels, channels)
+        self.value = dense(channels, channels)
+        self.proj = dense(channels, channels, scale=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        normed = self.norm(x)
+        tokens = normed.flatten(2).transpose(1, 2)  # (B, T, C)
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, h * w, self.heads, c // self.heads).transpose(1, 2)
+
+        q, k, v = (split_heads(f(tokens)) for f in (self.query, self.key, self.value))
+        attended = F.scaled_dot_product_attention(q, k, v, scale=(c // self.heads) ** -0.5)
+        out = self.proj(attended.transpose(1, 2).reshape(b, h * w, c))
+        out = out.transpose(1, 2).reshape(b, c, h, w)
+        return (normed if self.residual_from_normalized else x) + out
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal embedding: dim/2 frequencies exp(-k ln(1e4) / (dim/2 - 1)), [sin, cos]."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        half = dim // 2
+        # float32 throughout, as TF computes them: matches Keras to the last place.
+        freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(1e4) / (half - 1)))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t.float()[:, None] * self.freqs[None, :]
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class ConvBlock(nn.Module):
+    """Image-encoder block: 1x1 residual; SiLU, conv3, dropout, SiLU, conv3 (zero init);
+    add; SiLU; stride-2 conv3 downsample; GroupNorm."""
+
+    def __init__(self, cin: int, cout: int, groups: int, dropout: float):
+        super().__init__()
+        self.residual = SameConv2d(cin, cout, 1)
+        self.conv1 = SameConv2d(cin, cout, 3)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = SameConv2d(cout, cout, 3, init=lambda w: glorot_(w, 0.0))
+        self.down = SameConv2d(cout, cout, 3, stride=2)
+        self.norm = group_norm(groups, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(self.conv1(F.silu(x)))
+        h = F.silu(self.conv2(F.silu(h)) + self.residual(x))
+        return self.norm(self.down(h))
+
+
+class ResConvBlock(nn.Module):
+    """Label encoder/decoder block: conv3, BN, SiLU, conv3, BN, dropout; 1x1 conv + BN
+    shortcut; add; SiLU."""
+
+    def __init__(self, cin: int, cout: int, dropout: float):
+        super().__init__()
+        self.conv1 = SameConv2d(cin, cout, 3, init=he_uniform_)
+        self.bn1 = batch_norm(cout)
+        self.conv2 = SameConv2d(cout, cout, 3, init=he_uniform_)
+        self.bn2 = batch_norm(cout)
+        self.dropout = nn.Dropout(dropout)
+        self.shortcut = SameConv2d(cin, cout, 1)
+        self.bn_shortcut = batch_norm(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.bn1(self.conv1(x)))
+        h = self.dropout(self.bn2(self.conv2(h)))
+        return F.silu(self.bn_shortcut(self.shortcut(x)) + h)
+
+
+class ResidualBlock(nn.Module):
+    """Denoiser block: GN, SiLU, conv3, + Dense(SiLU(temb)), GN, SiLU, conv3 (zero init),
+    + residual (1x1 conv when the widths differ)."""
+
+    def __init__(self, cin: int, cout: int, time_dim: int, groups: int):
+        super().__init__()
+        self.residual = SameConv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.time_proj = dense(time_dim, cout)
+        self.norm1 = group_norm(groups, cin)
+        self.conv1 = SameConv2d(cin, cout, 3)
+        self.norm2 = group_norm(groups, cout)
+        self.conv2 = SameConv2d(cout, cout, 3, init=lambda w: glorot_(w, 0.0))
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return h + self.residual(x)

@@ -1,0 +1,140 @@
+"""The public API: one object that turns an image into n plausible segmentations, their
+consensus and a per-pixel uncertainty map (SPEC section 3)."""
+from __future__ import annotations
+
+import math
+import numbers
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .aggregate import aggregate, resize_probs
+from .backends import create_backend
+from .checkpoint import load_model
+from .configs import get_config
+from .diffusion import ldseg_table
+from .errors import InvalidArgumentError
+from .models import LDSeg
+from .preprocess import Prepared, prepare
+from .sampler import sample_latents
+
+SEED_LIMIT = 2 ** 64
+
+
+@dataclass
+class SampleResult:
+    """What `sample` returns for one image, numpy or torch like the image was."""
+    samples: object  # (n, H, W) uint8 class maps at the input's resolution
+    probs: object  # (C, H, W) float32, mean class probabilities over the samples
+    mask: object  # (H, W) uint8 consensus: argmax of probs
+    uncertainty: object  # (H, W) float32 in [0, 1], normalised predictive entropy
+    latents: np.ndarray  # (n, c, h, w) float32 final latents, before the decoder
+    seed: int  # the seed that reproduces these samples
+    timings: dict = field(default_factory=dict)  # ms per stage (of the whole batched pass)
+
+
+def _check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_seed(seed) -> int:
+    if seed is None:
+        return secrets.randbits(63)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+        raise InvalidArgumentError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
+class _Stopwatch:
+    def __init__(self):
+        self.ms = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3
+
+
+class Segmenter:
+    """`Segmenter(engine).sample(img, n=16)`.
+
+    engine: an LDSeg module, a checkpoint path, or 'builtin:NAME'. backend: 'auto' or
+    'torch'. device: 'auto', 'cpu' or 'cuda[:N]'.
+    """
+
+    def __init__(self, engine, backend: str = "auto", device="auto", precision: str = "auto"):
+        self.model = load_model(engine)
+        self.config = self.model.config
+        self.backend = create_backend(backend, self.model, device, precision)
+
+    @classmethod
+    def from_config(cls, name: str, seed: int = 0, backend: str = "auto", device="auto",
+                    precision: str = "auto") -> "Segmenter":
+        """A model of a named configuration with random (Keras-initialised) weights."""
+        return cls(LDSeg.from_config(get_config(name), seed), backend, device, precision)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def sample(self, img, n: int = 16, steps: int | None = None, seed: int | None = None,
+               eta: float | None = None) -> SampleResult:
+        """n segmentations of one image; with a seed, sample k is reproducible whatever n."""
+        return self.sample_batch([img], n, steps, seed, eta)[0]
+
+    def sample_batch(self, imgs, n: int = 16, steps: int | None = None, seed=None,
+                     eta: float | None = None) -> list[SampleResult]:
+        """n segmentations of each image in one batched pass. seed: one int used for every
+        image (so an image's result does not depend on its batch), or one per image."""
+        n = _check_positive_int(n, "n")
+        steps = _check_positive_int(self.config.steps if steps is None else steps, "steps")
+        eta = self.config.eta if eta is None else eta
+        if not isinstance(eta, numbers.Real) or not math.isfinite(eta) or eta < 0:
+            raise InvalidArgumentError(f"eta must be a finite number >= 0, got {eta!r}")
+        imgs = list(imgs)
+        if not imgs:
+            raise InvalidArgumentError("sample_batch needs at least one image")
+        seeds = seed if isinstance(seed, (list, tuple, np.ndarray)) else [seed] * len(imgs)
+        if len(seeds) != len(imgs):
+            raise InvalidArgumentError(f"got {len(seeds)} seeds for {len(imgs)} images")
+        seeds = [_check_seed(s) for s in seeds]
+
+        clock = _Stopwatch()
+        total = time.perf_counter()
+        with clock.stage("preprocess"):
+            prepared = [prepare(img, self.config) for img in imgs]
+        with clock.stage("encode"):
+            z_i = self.backend.encode(np.stack([p.pixels for p in prepared]))
+        with clock.stage("sample"):
+            condition = np.repeat(z_i, n, axis=0)  # each image's latent for its n samples
+            latents = sample_latents(lambda z_t, t: self.backend.denoise(z_t, condition, t),
+                                     seeds, n, self.config.latent_shape,
+                                     ldseg_table(steps, float(eta), self.config.timesteps, self.config.cosine_s))
+        results = []
+        for i, (p, s) in enumerate(zip(prepared, seeds)):
+            own = latents[i * n:(i + 1) * n]
+            with clock.stage("decode"):
+                probs = self.backend.decode(own)
+            with clock.stage("postprocess"):
+                results.append(self._result(p, probs, own, s))
+        clock.ms["total"] = (time.perf_counter() - total) * 1e3
+        for r in results:
+            r.timings = dict(clock.ms)
+        return results
+
+    @staticmethod
+    def _result(p: Prepared, probs: np.ndarray, latents: np.ndarray, seed: int) -> SampleResult:
+        samples, mean, mask, uncertainty = aggregate(resize_probs(torch.from_numpy(probs), p.size))
+        outputs = (samples, mean, mask, uncertainty)
+        if p.device is None:
+            outputs = tuple(o.numpy() for o in outputs)
+        else:
+            outputs = tuple(o.to(p.device) for o in outputs)
+        return SampleResult(*outputs, latents=latents, seed=seed)

@@ -1,0 +1,35 @@
+"""Builds ldseg_rt and its C++ sampler extension ldseg_rt._C.
+
+kernels/ and export/ are top-level folders mapped into the package, so that
+`import ldseg_rt.kernels` and `python -m ldseg_rt.export` work once installed.
+"""
+from glob import glob
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+extension = Pybind11Extension(
+    "ldseg_rt._C",
+    sorted(glob("csrc/*.cpp")),
+    include_dirs=["csrc"],
+    cxx_std=17,
+    extra_compile_args=["-O3"],
+)
+
+setup(
+    name="ldseg_rt",
+    version="0.1.0",
+    description="Inference runtime for diffusion models that segment medical images",
+    packages=[
+        "ldseg_rt",
+        "ldseg_rt.models",
+        "ldseg_rt.backends",
+        "ldseg_rt.kernels",
+        "ldseg_rt.export",
+    ],
+    package_dir={"ldseg_rt.kernels": "kernels", "ldseg_rt.export": "export"},
+    ext_modules=[extension],
+    cmdclass={"build_ext": build_ext},
+    python_requires=">=3.10",
+    install_requires=["numpy", "torch"],
+)
