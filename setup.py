@@ -31,5 +31,5 @@ setup(
     ext_modules=[extension],
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",
-    install_requires=["numpy", "torch"],
+    install_requires=["numpy", "torch", "tqdm", "pillow", "nibabel", "scipy", "matplotlib"],
 )

@@ -16,6 +16,7 @@ from .models import LDSeg
 FORMAT = "ldseg_rt.checkpoint"
 VERSION = 1
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+TRAINING_ONLY = "label_encoder."  # weights sampling never uses
 
 
 def save_checkpoint(model: LDSeg, path, **extra) -> Path:
@@ -52,13 +53,23 @@ def read_checkpoint(path) -> dict:
     return payload
 
 
+def save_inference_checkpoint(model: LDSeg, path) -> Path:
+    """Only what sampling needs: no training state, no label encoder (built-in models)."""
+    slim = {k: v for k, v in model.state_dict().items() if not k.startswith(TRAINING_ONLY)}
+    return save_checkpoint(model, path, state_dict=slim)
+
+
 def load_checkpoint(path) -> LDSeg:
     payload = read_checkpoint(path)
     try:
         model = LDSeg(LDSegConfig.from_dict(payload["config"]))
-        model.load_state_dict(payload["state_dict"])
+        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
     except (ConfigError, RuntimeError, KeyError, TypeError) as e:
         raise ModelLoadError(f"{str(path)!r}: weights do not match the recorded configuration: {e}") from e
+    missing = [k for k in missing if not k.startswith(TRAINING_ONLY)]
+    if missing or unexpected:
+        raise ModelLoadError(f"{str(path)!r}: weights do not match the recorded configuration: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
 
 

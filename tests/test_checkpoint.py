@@ -65,3 +65,21 @@ def test_failed_save_leaves_nothing(small_model, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(small_model, tmp_path / "m.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inference_checkpoint_drops_training_only_weights(small_model, tmp_path, rng):
+    from ldseg_rt.checkpoint import save_inference_checkpoint
+    full = save_checkpoint(small_model, tmp_path / "full.pt")
+    slim = save_inference_checkpoint(small_model, tmp_path / "slim.pt")
+    stored = torch.load(slim, weights_only=True)["state_dict"]
+    assert stored and not any(k.startswith("label_encoder.") for k in stored)
+    assert slim.stat().st_size < full.stat().st_size
+    img = rng.uniform(0, 1, size=(96, 128)).astype(np.float32)
+    a = Segmenter(str(full)).sample(img, n=2, steps=3, seed=4)
+    b = Segmenter(str(slim)).sample(img, n=2, steps=3, seed=4)
+    assert np.array_equal(a.latents, b.latents) and np.array_equal(a.samples, b.samples)
+    payload = torch.load(slim, weights_only=True)
+    del payload["state_dict"]["decoder.norm.weight"]
+    torch.save(payload, slim)
+    with pytest.raises(ModelLoadError, match="missing"):
+        load_model(slim)
