@@ -28,6 +28,7 @@ setup(
         "ldseg_rt.export",
     ],
     package_dir={"ldseg_rt.kernels": "kernels", "ldseg_rt.export": "export"},
+    package_data={"ldseg_rt": ["builtin/*.pt", "data/*.png"]},
     ext_modules=[extension],
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",

@@ -29,6 +29,9 @@ def save_checkpoint(model: LDSeg, path, **extra) -> Path:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from other users
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -2,41 +2,46 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
-
-def demo_image(size: int, seed: int = 0) -> np.ndarray:
-    """A grey disc and a brighter ellipse on a noisy background: something to segment."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    img = 40 + 10 * rng.standard_normal((size, size))
-    img[(yy - 0.45) ** 2 + (xx - 0.4) ** 2 < 0.07] += 80
-    img[((yy - 0.6) / 0.6) ** 2 + ((xx - 0.65) / 1.2) ** 2 < 0.02] += 60
-    return img.astype(np.float32)
+DATA_DIR = Path(__file__).parent / "data"
+EXAMPLE = DATA_DIR / "example.png"
+EXAMPLE_LABEL = DATA_DIR / "example_label.png"
 
 
 def run_demo(args) -> None:
     from . import Segmenter
-    seg = Segmenter.from_config(args.config, seed=0)
-    print(f"model: {args.config} configuration with random weights (no trained model ships yet); "
-          f"backend {seg.backend_name}")
-    img = demo_image(seg.config.image_size)
-    if seg.config.in_channels > 1:
-        img = np.repeat(img[..., None], seg.config.in_channels, axis=-1)
-    res = seg.sample(img, n=args.n, seed=0)
-    print(f"{args.n} samples of a {img.shape} image: samples {res.samples.shape}, "
-          f"consensus classes {np.unique(res.mask).tolist()}, mean uncertainty {res.uncertainty.mean():.3f}")
+    from .figure import save_figure
+    from .io import read_image, read_label
+    from .metrics import dice_per_class
+
+    seg = Segmenter(args.model)
+    image = read_image(args.image)
+    print(f"model {args.model} ({seg.config.name} configuration), backend {seg.backend_name}, "
+          f"image {args.image} {image.shape}")
+    res = seg.sample(image, n=args.n, seed=args.seed)
+    print(f"{args.n} samples, seed {res.seed}; time per stage:")
     for stage, ms in res.timings.items():
         print(f"  {stage:<12}{ms:9.1f} ms")
+    if Path(args.image) == EXAMPLE:
+        scores = dice_per_class(res.mask, read_label(EXAMPLE_LABEL), seg.config.num_classes)
+        print("consensus Dice against the example's label: " +
+              ", ".join(f"class {c + 1} {d:.3f}" for c, d in enumerate(scores)))
+    print(f"mean uncertainty {float(res.uncertainty.mean()):.3f}; figure written to "
+          f"{save_figure(image, res, args.out, title=f'{args.model}, n={args.n}')}")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ldseg_rt")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="segment a generated image, n samples, and print timings")
-    demo.add_argument("--config", default="small")
-    demo.add_argument("-n", type=int, default=16)
+    demo = sub.add_parser("demo", help="segment an image n times, print timings, write a figure")
+    demo.add_argument("--model", default="builtin:phantom", help="checkpoint path or builtin:NAME")
+    demo.add_argument("--image", default=str(EXAMPLE), help="image file (PNG, BMP, TIFF, NPY)")
+    demo.add_argument("-n", type=int, default=16, help="number of samples")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="ldseg_demo.png", help="where to write the figure (PNG)")
     demo.set_defaults(run=run_demo)
     args = parser.parse_args(argv)
     args.run(args)

@@ -17,7 +17,7 @@ class ImageTypeError(LdsegError, TypeError):
 
 
 class InvalidArgumentError(LdsegError, ValueError):
-    """A sampling argument is out of range (n, steps, eta, seed)."""
+    """An argument is out of range (n, steps, eta, seed, a slicing axis)."""
 
 
 class BackendError(LdsegError, ValueError):
@@ -34,3 +34,7 @@ class ModelLoadError(LdsegError, ValueError):
 
 class ConfigError(LdsegError, ValueError):
     """A model configuration name or field is unknown or inconsistent."""
+
+
+class DatasetError(LdsegError, ValueError):
+    """An image or label folder cannot be paired (missing, empty, unmatched or ambiguous files)."""

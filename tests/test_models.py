@@ -15,10 +15,11 @@ def trainable(module) -> int:
 
 
 # Trainable parameters of the original Keras networks (TF 2.21 count_params() of
-# FahimZaman/LDSeg utilities/model.py built at 512x512x3, 2 classes), and of `small`.
+# FahimZaman/LDSeg utilities/model.py built at 512x512x3, 2 classes), and of the same Keras
+# blocks assembled as `small`.
 KERAS_COUNTS = {
     "glas512": {"image_encoder": 294_061, "label_encoder": 185_617, "denoiser": 1_013_873, "decoder": 270_566},
-    "small": {"image_encoder": 68_653, "label_encoder": 57_265, "denoiser": 1_013_873, "decoder": 58_745},
+    "small": {"image_encoder": 64_365, "label_encoder": 57_265, "denoiser": 1_013_873, "decoder": 58_745},
 }
 # BatchNorm moving statistics (Keras' non-trainable weights).
 KERAS_NON_TRAINABLE = {"glas512": {"image_encoder": 2, "label_encoder": 1_248, "decoder": 1_156}}
