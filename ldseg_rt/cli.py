@@ -25,12 +25,13 @@ def run_demo(args) -> None:
     print(f"{args.n} samples, seed {res.seed}; time per stage:")
     for stage, ms in res.timings.items():
         print(f"  {stage:<12}{ms:9.1f} ms")
-    if Path(args.image) == EXAMPLE:
-        scores = dice_per_class(res.mask, read_label(EXAMPLE_LABEL), seg.config.num_classes)
+    label = read_label(EXAMPLE_LABEL) if Path(args.image) == EXAMPLE else None
+    if label is not None:
+        scores = dice_per_class(res.mask, label, seg.config.num_classes)
         print("consensus Dice against the example's label: " +
               ", ".join(f"class {c + 1} {d:.3f}" for c, d in enumerate(scores)))
-    print(f"mean uncertainty {float(res.uncertainty.mean()):.3f}; figure written to "
-          f"{save_figure(image, res, args.out, title=f'{args.model}, n={args.n}')}")
+    figure = save_figure(image, res, args.out, title=f"{args.model}, n={args.n}", label=label)
+    print(f"mean uncertainty {float(res.uncertainty.mean()):.3f}; figure written to {figure}")
 
 
 def main(argv=None) -> None:

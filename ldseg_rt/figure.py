@@ -19,8 +19,10 @@ def overlay(image: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.n
     return np.where(classes[..., None] > 0, tinted, rgb)
 
 
-def save_figure(image: np.ndarray, result, path, title: str = "", n_samples: int = 4) -> Path:
-    """Write the figure as a PNG (atomically) and return its path. numpy inputs, channels-last."""
+def save_figure(image: np.ndarray, result, path, title: str = "", n_samples: int = 4,
+                label: np.ndarray | None = None) -> Path:
+    """Write the figure as a PNG (atomically) and return its path. numpy inputs, channels-last;
+    a reference `label`, when given, is shown beside the consensus."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -39,6 +41,9 @@ def save_figure(image: np.ndarray, result, path, title: str = "", n_samples: int
     shown_unc = axes[0, 2].imshow(result.uncertainty, cmap="magma", vmin=0, vmax=1)
     axes[0, 2].set_title("uncertainty (normalised entropy)")
     fig.colorbar(shown_unc, ax=axes[0, 2], fraction=0.046, pad=0.04)
+    if label is not None and axes.shape[1] > 3:
+        axes[0, 3].imshow(overlay(image.astype(np.float64), label))
+        axes[0, 3].set_title("reference label")
     for k in range(shown):
         axes[1, k].imshow(overlay(image.astype(np.float64), result.samples[k]))
         axes[1, k].set_title(f"sample {k}")
