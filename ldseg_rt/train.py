@@ -42,15 +42,15 @@ class TrainSettings:
     augment: bool = True
 
 
-def ldseg_losses(model: LDSeg, denoiser, images, labels, t, eps) -> dict:
-    """The LDSeg objective for a batch; `denoiser` is the network being trained."""
+def ldseg_losses(model: LDSeg, images, labels, t, eps) -> dict:
+    """The LDSeg objective for a batch, through all four networks."""
     cfg = model.config
     z_l = model.label_encoder(labels[:, None].float())
     z_i = model.image_encoder(images)
     ab = torch.as_tensor(cosine_alpha_bar(t.cpu().numpy(), cfg.timesteps, cfg.cosine_s),
                          dtype=torch.float32, device=images.device)[:, None, None, None]
     z_t = ab.sqrt() * z_l + (1 - ab).sqrt() * eps
-    eps_hat = denoiser(z_t, z_i, t.float())
+    eps_hat = model.denoiser(z_t, z_i, t.float())
     probs = model.decoder(z_t - eps_hat)
     onehot = F.one_hot(labels, cfg.num_classes).permute(0, 3, 1, 2).float()
     ce = -(onehot * probs.clamp(1e-7, 1.0).log()).sum(1).mean()  # Keras clips probabilities
@@ -114,7 +114,7 @@ class Trainer:
         t = torch.randint(cfg.timesteps, (s.batch_size,), generator=gen)
         eps = torch.randn((s.batch_size, *cfg.latent_shape), generator=gen)
         self.model.train()
-        losses = ldseg_losses(self.model, self.model.denoiser, images.to(self.device),
+        losses = ldseg_losses(self.model, images.to(self.device),
                               labels.long().to(self.device), t.to(self.device), eps.to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()

@@ -34,7 +34,7 @@ def test_losses_match_float64_recomputation(small_model, rng):
     eps = torch.from_numpy(rng.standard_normal((3, 1, 16, 16)).astype(np.float32))
     small_model.eval()
     with torch.no_grad():
-        got = ldseg_losses(small_model, small_model.denoiser, images, labels, t, eps)
+        got = ldseg_losses(small_model, images, labels, t, eps)
         z_l = small_model.label_encoder(labels[:, None].float()).double().numpy()
         z_i = small_model.image_encoder(images)
         ab = cosine_alpha_bar(t.numpy())[:, None, None, None]
