@@ -4,11 +4,14 @@ ldseg_rt/builtin/ and named `builtin:NAME`."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+import safetensors.torch
 import torch
+from safetensors import SafetensorError
 
+from .atomic import replacing
+from .bundle import Bundle, is_bundle, load_bundle
 from .configs import LDSegConfig
 from .errors import ConfigError, ModelLoadError
 from .models import LDSeg
@@ -24,18 +27,8 @@ def save_checkpoint(model: LDSeg, path, **extra) -> Path:
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, "family": "ldseg",
                "config": model.config.to_dict(), "state_dict": model.state_dict(), **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from other users
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replacing(path) as tmp, open(tmp, "xb") as f:
+        torch.save(payload, f)
     return path
 
 
@@ -64,14 +57,29 @@ def save_inference_checkpoint(model: LDSeg, path) -> Path:
 
 def load_checkpoint(path) -> LDSeg:
     payload = read_checkpoint(path)
+    return _with_weights(payload.get("config"), payload.get("state_dict"), str(path))
+
+
+def model_from_bundle(bundle: Bundle) -> LDSeg:
+    """The PyTorch model of an exported bundle (its verified weights.safetensors)."""
     try:
-        model = LDSeg(LDSegConfig.from_dict(payload["config"]))
-        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+        weights = safetensors.torch.load(bundle.read("weights.safetensors"))
+    except SafetensorError as e:
+        raise ModelLoadError(f"{str(bundle.path)!r}: weights.safetensors cannot be read: {e}") from e
+    return _with_weights(bundle.manifest["config"], weights, str(bundle.path))
+
+
+def _with_weights(config: dict | None, state_dict: dict | None, where: str) -> LDSeg:
+    """A model of the recorded configuration with these weights: all of them, but for the
+    label encoder's, which sampling never uses."""
+    try:
+        model = LDSeg(LDSegConfig.from_dict(config))
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
     except (ConfigError, RuntimeError, KeyError, TypeError) as e:
-        raise ModelLoadError(f"{str(path)!r}: weights do not match the recorded configuration: {e}") from e
+        raise ModelLoadError(f"{where!r}: weights do not match the recorded configuration: {e}") from e
     missing = [k for k in missing if not k.startswith(TRAINING_ONLY)]
     if missing or unexpected:
-        raise ModelLoadError(f"{str(path)!r}: weights do not match the recorded configuration: "
+        raise ModelLoadError(f"{where!r}: weights do not match the recorded configuration: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
 
@@ -81,15 +89,19 @@ def builtin_names() -> list[str]:
 
 
 def load_model(engine) -> LDSeg:
-    """An in-memory LDSeg, a checkpoint path, or `builtin:NAME`."""
+    """An in-memory LDSeg, a checkpoint path, a bundle folder, or `builtin:NAME`."""
     if isinstance(engine, LDSeg):
         return engine.eval()
+    if isinstance(engine, Bundle):
+        return model_from_bundle(engine)
     if isinstance(engine, str) and engine.startswith("builtin:"):
         name = engine.split(":", 1)[1]
         if name not in builtin_names():
             raise ModelLoadError(f"no built-in model {name!r}; shipped: {builtin_names() or 'none yet'}")
         return load_checkpoint(BUILTIN_DIR / f"{name}.pt")
+    if is_bundle(engine):
+        return model_from_bundle(load_bundle(engine))
     if isinstance(engine, (str, os.PathLike)):
         return load_checkpoint(engine)
     raise ModelLoadError(f"cannot load a model from {type(engine).__name__}; pass an LDSeg module, "
-                         "a checkpoint path or 'builtin:NAME'")
+                         "a checkpoint path, a bundle folder or 'builtin:NAME'")

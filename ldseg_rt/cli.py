@@ -1,7 +1,8 @@
-"""Command line: `python -m ldseg_rt demo`."""
+"""Command line: `python -m ldseg_rt demo` and `python -m ldseg_rt info NAME.ldseg`."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,49 @@ def run_demo(args) -> None:
     print(f"mean uncertainty {float(res.uncertainty.mean()):.3f}; figure written to {figure}")
 
 
+def _shapes(tensors: dict) -> str:
+    return ", ".join(f"{name} {list(t['shape'])}" for name, t in tensors.items())
+
+
+def describe_bundle(bundle) -> str:
+    """The manifest in human terms, and what backend="auto" would run it with here."""
+    from .backends import PRECISIONS, choose_backend, resolve_device
+
+    m, cfg = bundle.manifest, bundle.manifest["config"]
+    diffusion, size = m["diffusion"], cfg["image_size"]
+    device = resolve_device("auto")
+    backend = choose_backend(bundle, device)
+    lines = [f"bundle {bundle.path} (format {m['format_version']}, family {m['family']}), "
+             f"exported {m.get('created', '?')} from {m.get('source') or '?'}",
+             f"model: {cfg['name']} configuration, {size}x{size} input with {cfg['in_channels']} channel(s), "
+             f"{cfg['num_classes']} classes: {', '.join(m['classes'])}",
+             f"sampling: {diffusion['steps']} DDIM steps, eta {diffusion['eta']}, {diffusion['schedule']} schedule "
+             f"over {diffusion['timesteps']} timesteps, {diffusion['prediction']} prediction, latent "
+             f"{'x'.join(str(d) for d in m['networks']['denoiser']['inputs']['z_t']['shape'][1:])}",
+             f"preprocessing: {m['preprocessing']['intensity']}; {m['preprocessing']['resize']}",
+             "networks (ONNX, dynamic batch):"]
+    for name, net in m["networks"].items():
+        worst = max(net["max_relative_error"].values(), default=float("nan"))
+        lines.append(f"  {name:<14}{len(bundle.read(net['file'])) / 1e6:6.2f} MB  {_shapes(net['inputs'])} -> "
+                     f"{_shapes(net['outputs'])}  (vs torch at export: {worst:.1e} relative)")
+    engines = sorted(p.name for p in bundle.engines_dir.iterdir()) if bundle.engines_dir.is_dir() else []
+    lines += [f"files: {len(m['files'])}, sha256 verified",
+              "made with: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+              f"TensorRT engines cached: {', '.join(engines) or 'none'}",
+              f"here, backend='auto' runs it with {backend} ({PRECISIONS[backend][0]}) on {device}"]
+    return "\n".join(lines)
+
+
+def run_info(args) -> None:
+    from .bundle import load_bundle
+    from .errors import LdsegError
+
+    try:
+        print(describe_bundle(load_bundle(args.bundle)))
+    except LdsegError as e:
+        sys.exit(f"error: {e}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ldseg_rt")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,5 +88,8 @@ def main(argv=None) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="ldseg_demo.png", help="where to write the figure (PNG)")
     demo.set_defaults(run=run_demo)
+    info = sub.add_parser("info", help="describe an exported bundle (NAME.ldseg) after verifying it")
+    info.add_argument("bundle")
+    info.set_defaults(run=run_info)
     args = parser.parse_args(argv)
     args.run(args)

@@ -38,3 +38,11 @@ class ConfigError(LdsegError, ValueError):
 
 class DatasetError(LdsegError, ValueError):
     """An image or label folder cannot be paired (missing, empty, unmatched or ambiguous files)."""
+
+
+class BundleError(ModelLoadError):
+    """A bundle is corrupt, incomplete, or written by an incompatible format version."""
+
+
+class ExportError(LdsegError, RuntimeError):
+    """An exported graph fails its checks (ONNX checker, agreement with PyTorch)."""

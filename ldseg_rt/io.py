@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from PIL import Image
 
+from .atomic import replacing
 from .errors import DatasetError, ImageTypeError, InvalidArgumentError, InvalidImageError
 
 # Pillow is told the format, so a file whose contents do not match its extension (say a JPEG
@@ -212,17 +212,8 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
 
 
 def _write_png_atomically(path: Path, pixels: np.ndarray) -> None:
-    """Writes to a unique temporary file beside `path`, then renames it over `path`: readers
-    see the old file or the whole new one, and a failed write leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            Image.fromarray(pixels).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "xb") as f:
+        Image.fromarray(pixels).save(f, format="PNG")
 
 
 def _native_numeric(array: np.ndarray, path: Path) -> np.ndarray:

@@ -14,6 +14,7 @@ import torch
 
 from .aggregate import aggregate, resize_probs
 from .backends import create_backend
+from .bundle import is_bundle, load_bundle
 from .checkpoint import load_model
 from .configs import get_config
 from .diffusion import ldseg_table
@@ -65,14 +66,16 @@ class _Stopwatch:
 class Segmenter:
     """`Segmenter(engine).sample(img, n=16)`.
 
-    engine: an LDSeg module, a checkpoint path, or 'builtin:NAME'. backend: 'auto' or
-    'torch'. device: 'auto', 'cpu' or 'cuda[:N]'.
+    engine: an exported bundle (NAME.ldseg), 'builtin:NAME', a checkpoint path or an LDSeg
+    module. backend: 'auto', 'torch', 'onnxruntime' or 'tensorrt' (the last two run
+    bundles; see ldseg_rt.backends for what 'auto' picks). device: 'auto', 'cpu' or
+    'cuda[:N]'. precision: 'auto' or one the backend offers ('fp32'; 'fp16' on TensorRT).
     """
 
     def __init__(self, engine, backend: str = "auto", device="auto", precision: str = "auto"):
-        self.model = load_model(engine)
-        self.config = self.model.config
-        self.backend = create_backend(backend, self.model, device, precision)
+        source = load_bundle(engine) if is_bundle(engine) else load_model(engine)
+        self.backend = create_backend(backend, source, device, precision)
+        self.config = self.backend.config
 
     @classmethod
     def from_config(cls, name: str, seed: int = 0, backend: str = "auto", device="auto",
@@ -82,7 +85,12 @@ class Segmenter:
 
     @property
     def backend_name(self) -> str:
+        """The backend that runs the networks ('auto' resolved)."""
         return self.backend.name
+
+    @property
+    def precision(self) -> str:
+        return self.backend.precision
 
     def sample(self, img, n: int = 16, steps: int | None = None, seed: int | None = None,
                eta: float | None = None) -> SampleResult:

@@ -1,7 +1,14 @@
 """Shared test helpers."""
+import os
+
 import numpy as np
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run under its interpreter on a machine without a GPU; triton reads the
+    # variable when a kernel is defined, so it must be set before ldseg_rt.kernels is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from ldseg_rt.configs import get_config
 from ldseg_rt.models import LDSeg
@@ -28,3 +35,12 @@ def rng() -> np.random.Generator:
     seed = np.random.SeedSequence().entropy
     print(f"rng seed: {seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def builtin_bundle(tmp_path_factory):
+    """The built-in model exported once per run, with the default checks (batches 1, 16, 32)."""
+    from ldseg_rt.checkpoint import load_model
+    from ldseg_rt.export import export_bundle
+    return export_bundle(load_model("builtin:phantom"), tmp_path_factory.mktemp("bundles") / "phantom.ldseg",
+                         source="builtin:phantom", progress=False)

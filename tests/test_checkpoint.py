@@ -57,8 +57,7 @@ def test_unknown_builtin_and_engine_type():
 
 def test_failed_save_leaves_nothing(small_model, tmp_path, monkeypatch):
     def broken(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken)

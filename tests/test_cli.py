@@ -1,5 +1,9 @@
-"""`python -m ldseg_rt demo`: prints the stages' timings and writes the figure."""
+"""`python -m ldseg_rt demo` (timings and the figure) and `python -m ldseg_rt info` (a bundle in words)."""
+import shutil
+
 import numpy as np
+import pytest
+import torch
 
 from ldseg_rt.checkpoint import builtin_names, save_checkpoint
 from ldseg_rt.cli import main
@@ -21,3 +25,23 @@ def test_demo_writes_figure_and_prints_timings(small_model, tmp_path, capsys):
 
 def test_builtin_model_is_shipped():
     assert "phantom" in builtin_names()
+
+
+def test_info_describes_a_bundle(builtin_bundle, capsys):
+    main(["info", str(builtin_bundle.path)])
+    printed = capsys.readouterr().out
+    cfg = builtin_bundle.manifest["config"]
+    assert f"{cfg['name']} configuration, 128x128 input with 1 channel(s), 3 classes: background, class 1, class 2" in printed
+    assert f"{cfg['steps']} DDIM steps" in printed and "latent 1x16x16" in printed
+    assert "denoiser" in printed and "z_t ['batch', 1, 16, 16]" in printed
+    assert "files: 4, sha256 verified" in printed
+    if not torch.cuda.is_available():
+        assert "backend='auto' runs it with onnxruntime (fp32) on cpu" in printed
+
+
+def test_info_refuses_a_corrupt_bundle(builtin_bundle, tmp_path):
+    copy = shutil.copytree(builtin_bundle.path, tmp_path / "copy.ldseg")
+    graph = copy / "onnx" / "decoder.onnx"
+    graph.write_bytes(graph.read_bytes()[:-10])
+    with pytest.raises(SystemExit, match="corrupt: onnx/decoder.onnx does not match its sha256"):
+        main(["info", str(copy)])

@@ -1,16 +1,26 @@
-"""Backends run the three inference networks; the Segmenter drives them.
+"""Backends run the three inference networks; the Segmenter drives them (SPEC section 5).
 
-Every backend has the same face, on float32 numpy arrays (NCHW):
+Every backend has the same face (base.Backend), on float32 numpy arrays (NCHW):
     encode(images) -> z_i        denoise(z_t, z_i, t) -> model output        decode(z) -> probs
+and says what it is: `name`, `precision`, `device`, `config`.
+
+What each runs: torch, any model (a bundle's weights, a checkpoint, an LDSeg module);
+onnxruntime and tensorrt, a bundle's ONNX graphs. "auto" picks tensorrt when a CUDA GPU and
+TensorRT are present and the engine is a bundle, else torch on the GPU, else onnxruntime for
+a bundle and torch for anything else (which has no graphs to run).
 """
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
+from ..bundle import Bundle
 from ..errors import BackendError, DeviceError
 
-BACKENDS = ("torch",)
-PRECISIONS = ("auto", "fp32")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+PRECISIONS = {"torch": ("fp32",), "onnxruntime": ("fp32",), "tensorrt": ("fp16", "fp32")}  # first: auto
+NEEDS_BUNDLE = ("onnxruntime", "tensorrt")
 
 
 def resolve_device(device) -> torch.device:
@@ -30,11 +40,37 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
-def create_backend(name: str, model, device, precision: str = "auto"):
-    """Build the named backend ('auto' picks the best available one) for an LDSeg model."""
+def tensorrt_available() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def choose_backend(source, device: torch.device) -> str:
+    """The backend "auto" means for this engine on this device."""
+    if device.type == "cuda":
+        return "tensorrt" if isinstance(source, Bundle) and tensorrt_available() else "torch"
+    return "onnxruntime" if isinstance(source, Bundle) else "torch"
+
+
+def create_backend(name: str, source, device="auto", precision: str = "auto"):
+    """Build the named backend for `source`, an LDSeg module or a loaded Bundle."""
     if name not in BACKENDS + ("auto",):
         raise BackendError(f"unknown backend {name!r}; available: {', '.join(('auto',) + BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise BackendError(f"precision {precision!r} is not supported; available: {', '.join(PRECISIONS)}")
+    device = resolve_device(device)
+    name = choose_backend(source, device) if name == "auto" else name
+    if precision == "auto":
+        precision = PRECISIONS[name][0]
+    if precision not in PRECISIONS[name]:
+        raise BackendError(f"precision {precision!r} is not available with backend {name!r}; "
+                           f"available: {', '.join(('auto',) + PRECISIONS[name])}")
+    if name in NEEDS_BUNDLE and not isinstance(source, Bundle):
+        raise BackendError(f"backend {name!r} runs an exported bundle's graphs; export the model first "
+                           "(python -m ldseg_rt.export CKPT --out NAME.ldseg) and pass the bundle's path")
+    if name == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend
+        return OnnxRuntimeBackend(source, device)
+    if name == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend
+        return TensorRTBackend(source, device, precision)
+    from ..checkpoint import load_model
     from .torch_backend import TorchBackend
-    return TorchBackend(model, resolve_device(device))
+    return TorchBackend(load_model(source), device)

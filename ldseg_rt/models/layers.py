@@ -40,8 +40,15 @@ def _init(layer: nn.Module, init=glorot_) -> nn.Module:
     return layer
 
 
-def group_norm(groups: int, channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=KERAS_EPS)
+class GroupNormSiLU(nn.GroupNorm):
+    """GroupNorm then SiLU as one module, so that one fused kernel can stand in for both."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(super().forward(x))
+
+
+def group_norm(groups: int, channels: int, silu: bool = False) -> nn.GroupNorm:
+    return (GroupNormSiLU if silu else nn.GroupNorm)(groups, channels, eps=KERAS_EPS)
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -108,6 +115,8 @@ class SelfAttention(nn.Module):
         self.key = dense(channels, channels)
         self.value = dense(channels, channels)
         self.proj = dense(channels, channels, scale=0.0)
+        # softmax(q k^T scale) v over (B, heads, T, d); a backend may put a fused kernel here.
+        self.attend = F.scaled_dot_product_attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -118,7 +127,7 @@ class SelfAttention(nn.Module):
             return t.view(b, h * w, self.heads, c // self.heads).transpose(1, 2)
 
         q, k, v = (split_heads(f(tokens)) for f in (self.query, self.key, self.value))
-        attended = F.scaled_dot_product_attention(q, k, v, scale=(c // self.heads) ** -0.5)
+        attended = self.attend(q, k, v, scale=(c // self.heads) ** -0.5)
         out = self.proj(attended.transpose(1, 2).reshape(b, h * w, c))
         out = out.transpose(1, 2).reshape(b, c, h, w)
         return (normed if self.residual_from_normalized else x) + out
@@ -186,13 +195,13 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.residual = SameConv2d(cin, cout, 1) if cin != cout else nn.Identity()
         self.time_proj = dense(time_dim, cout)
-        self.norm1 = group_norm(groups, cin)
+        self.norm1 = group_norm(groups, cin, silu=True)
         self.conv1 = SameConv2d(cin, cout, 3)
-        self.norm2 = group_norm(groups, cout)
+        self.norm2 = group_norm(groups, cout, silu=True)
         self.conv2 = SameConv2d(cout, cout, 3, init=lambda w: glorot_(w, 0.0))
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(self.norm1(x))
         h = h + self.time_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv2(self.norm2(h))
         return h + self.residual(x)

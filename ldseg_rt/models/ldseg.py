@@ -134,7 +134,7 @@ class Denoiser(nn.Module):
             if level > 0:
                 self.upsample.append(Upsample(channels))
 
-        self.out_norm = group_norm(cfg.norm_groups, channels)
+        self.out_norm = group_norm(cfg.norm_groups, channels, silu=True)
         self.out_conv = SameConv2d(channels, cfg.latent_channels, 3)
         self.levels, self.blocks = len(widths), blocks
 
@@ -158,7 +158,7 @@ class Denoiser(nn.Module):
                 x = next(up)(torch.cat([x, skips.pop()], dim=1), temb)
             if level > 0:
                 x = next(upsample)(x)
-        return self.out_conv(F.silu(self.out_norm(x)))
+        return self.out_conv(self.out_norm(x))
 
 
 class LDSeg(nn.Module):

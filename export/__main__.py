@@ -1,0 +1,55 @@
+"""`python -m ldseg_rt.export CKPT --out NAME.ldseg` (or `--builtin NAME`): write a bundle."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ldseg_rt.bundle import SUFFIX
+from ldseg_rt.checkpoint import load_model
+from ldseg_rt.errors import LdsegError
+
+from .exporter import CHECK_BATCHES, TOLERANCE, export_bundle
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        batches = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
+    if not batches or min(batches) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return batches
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ldseg_rt.export", description=__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("checkpoint", nargs="?", help="checkpoint written by python -m ldseg_rt.train")
+    source.add_argument("--builtin", metavar="NAME", help="a model shipped with ldseg_rt (e.g. phantom)")
+    parser.add_argument("--out", help=f"bundle folder to write (default: the model's name + {SUFFIX})")
+    parser.add_argument("--classes", help="comma-separated class names, background first")
+    parser.add_argument("--check-batches", type=_batches, default=CHECK_BATCHES,
+                        help="batch sizes at which each graph is compared with PyTorch (default 1,16,32)")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle")
+    args = parser.parse_args(argv)
+
+    engine = f"builtin:{args.builtin}" if args.builtin else args.checkpoint
+    out = Path(args.out or f"{args.builtin or Path(args.checkpoint).stem}{SUFFIX}")
+    try:
+        model = load_model(engine)
+        print(f"exporting {engine} ({model.config.name} configuration) to {out}")
+        bundle = export_bundle(model, out, args.classes.split(",") if args.classes else None, source=str(engine),
+                               check_batches=args.check_batches, overwrite=args.force)
+    except LdsegError as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {bundle.path}:")
+    for name in bundle.manifest["files"]:
+        print(f"  {name:<28}{len(bundle.read(name)) / 1e6:8.2f} MB")
+    for name, net in bundle.manifest["networks"].items():
+        errors = ", ".join(f"batch {b} {e:.1e}" for b, e in net["max_relative_error"].items())
+        print(f"  {name}: onnxruntime vs torch, max relative error {errors} (tolerance {TOLERANCE:.0e})")
+
+
+if __name__ == "__main__":
+    main()

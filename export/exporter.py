@@ -1,0 +1,91 @@
+"""A trained LDSeg model -> a bundle: the manifest, the weights and one checked ONNX graph per
+inference network (SPEC section 4)."""
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import safetensors.torch
+import torch
+from tqdm.auto import tqdm
+
+import ldseg_rt
+from ldseg_rt.bundle import Bundle, write_bundle
+from ldseg_rt.checkpoint import TRAINING_ONLY
+from ldseg_rt.errors import ExportError, InvalidArgumentError
+from ldseg_rt.models import LDSeg
+
+from .onnx_graphs import BATCH, OPSET, network_io, relative_error, to_onnx
+
+CHECK_BATCHES = (1, 16, 32)
+TOLERANCE = 1e-4  # fp32: max |onnxruntime - torch| / max |torch|
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    return ["background"] + [f"class {c}" for c in range(1, num_classes)]
+
+
+def export_bundle(model: LDSeg, out, class_names: list[str] | None = None, source: str = "",
+                  check_batches=CHECK_BATCHES, tolerance: float = TOLERANCE, overwrite: bool = False,
+                  seed: int | None = None, progress: bool = True) -> Bundle:
+    """Export, compare every graph with PyTorch on fresh random inputs at each check batch,
+    and only then write the bundle, atomically; a graph off by more than `tolerance` raises
+    ExportError and writes nothing."""
+    cfg = model.config
+    class_names = list(class_names or default_class_names(cfg.num_classes))
+    if len(class_names) != cfg.num_classes:
+        raise InvalidArgumentError(f"{len(class_names)} class names given for a model of "
+                                   f"{cfg.num_classes} classes: {class_names}")
+    rng = np.random.default_rng(seed)
+    networks, files = {}, {}
+    specs = network_io(model.eval())
+    bar = tqdm(total=len(specs) * (1 + len(check_batches)), desc="export", unit="step", disable=not progress)
+    for name, spec in specs.items():
+        bar.set_postfix_str(f"{name}: ONNX")
+        graph = to_onnx(spec["module"], spec["inputs"], spec["outputs"], cfg.timesteps)
+        bar.update()
+        errors = {}
+        for batch in check_batches:
+            bar.set_postfix_str(f"{name}: check batch {batch}")
+            errors[str(batch)] = relative_error(spec["module"], graph, spec["inputs"], batch, rng, cfg.timesteps)
+            bar.update()
+        worst = max(errors.values(), default=0.0)
+        if worst > tolerance:
+            raise ExportError(f"{name}: onnxruntime differs from torch by {worst:.2e} relative "
+                              f"(tolerance {tolerance:.0e}) at batches {errors}; nothing was written")
+        files[f"onnx/{name}.onnx"] = graph
+        networks[name] = {"file": f"onnx/{name}.onnx", "opset": OPSET,
+                          "inputs": _tensors(spec["inputs"]), "outputs": _tensors(spec["outputs"]),
+                          "max_relative_error": errors}
+    bar.close()
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith(TRAINING_ONLY)}
+    files["weights.safetensors"] = safetensors.torch.save(weights)
+    manifest = {"family": "ldseg", "source": source, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "config": cfg.to_dict(), "classes": class_names, "preprocessing": _preprocessing(cfg),
+                "diffusion": _diffusion(cfg), "networks": networks, "versions": _versions()}
+    return write_bundle(out, manifest, files, overwrite=overwrite)
+
+
+def _tensors(shapes: dict[str, list]) -> dict:
+    return {name: {"shape": shape, "dtype": "float32", "dynamic_axes": {"0": BATCH}} for name, shape in shapes.items()}
+
+
+def _preprocessing(cfg) -> dict:
+    return {"channels": cfg.in_channels, "size": [cfg.image_size, cfg.image_size],
+            "resize": "bilinear, antialiased, to size; results resized back to the input's size",
+            "intensity": "min-max per image to [0, 1] (a constant image becomes zeros)",
+            "layout": "NCHW float32"}
+
+
+def _diffusion(cfg) -> dict:
+    return {"process": "LDSeg latent DDIM", "schedule": "cosine", "timesteps": cfg.timesteps,
+            "cosine_s": cfg.cosine_s, "steps": cfg.steps, "eta": cfg.eta, "prediction": "eps",
+            "renormalize": True, "noise": "Philox4x32-10 keyed by (seed, sample, step, element)"}
+
+
+def _versions() -> dict:
+    return {"ldseg_rt": ldseg_rt.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__, "python": platform.python_version()}
