@@ -21,7 +21,6 @@ from .diffusion import ldseg_table
 from .errors import InvalidArgumentError
 from .models import LDSeg
 from .preprocess import Prepared, prepare
-from .sampler import sample_latents
 
 SEED_LIMIT = 2 ** 64
 
@@ -69,19 +68,21 @@ class Segmenter:
     engine: an exported bundle (NAME.ldseg), 'builtin:NAME', a checkpoint path or an LDSeg
     module. backend: 'auto', 'torch', 'onnxruntime' or 'tensorrt' (the last two run
     bundles; see ldseg_rt.backends for what 'auto' picks). device: 'auto', 'cpu' or
-    'cuda[:N]'. precision: 'auto' or one the backend offers ('fp32'; 'fp16' on TensorRT).
+    'cuda[:N]'. precision: 'auto' or one the backend offers ('fp32'; 'fp16' on TensorRT;
+    'fp16', 'bf16' with torch on CUDA). backend_options: torch's `kernels` and `cuda_graphs`
+    (both on by default on CUDA; False turns the Triton kernels or the graph capture off).
     """
 
-    def __init__(self, engine, backend: str = "auto", device="auto", precision: str = "auto"):
+    def __init__(self, engine, backend: str = "auto", device="auto", precision: str = "auto", **backend_options):
         source = load_bundle(engine) if is_bundle(engine) else load_model(engine)
-        self.backend = create_backend(backend, source, device, precision)
+        self.backend = create_backend(backend, source, device, precision, **backend_options)
         self.config = self.backend.config
 
     @classmethod
     def from_config(cls, name: str, seed: int = 0, backend: str = "auto", device="auto",
-                    precision: str = "auto") -> "Segmenter":
+                    precision: str = "auto", **backend_options) -> "Segmenter":
         """A model of a named configuration with random (Keras-initialised) weights."""
-        return cls(LDSeg.from_config(get_config(name), seed), backend, device, precision)
+        return cls(LDSeg.from_config(get_config(name), seed), backend, device, precision, **backend_options)
 
     @property
     def backend_name(self) -> str:
@@ -121,10 +122,8 @@ class Segmenter:
         with clock.stage("encode"):
             z_i = self.backend.encode(np.stack([p.pixels for p in prepared]))
         with clock.stage("sample"):
-            condition = np.repeat(z_i, n, axis=0)  # each image's latent for its n samples
-            latents = sample_latents(lambda z_t, t: self.backend.denoise(z_t, condition, t),
-                                     seeds, n, self.config.latent_shape,
-                                     ldseg_table(steps, float(eta), self.config.timesteps, self.config.cosine_s))
+            table = ldseg_table(steps, float(eta), self.config.timesteps, self.config.cosine_s)
+            latents = self.backend.sample_latents(z_i, seeds, n, table)
         results = []
         for i, (p, s) in enumerate(zip(prepared, seeds)):
             own = latents[i * n:(i + 1) * n]

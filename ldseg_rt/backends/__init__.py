@@ -19,7 +19,7 @@ from ..bundle import Bundle
 from ..errors import BackendError, DeviceError
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = {"torch": ("fp32",), "onnxruntime": ("fp32",), "tensorrt": ("fp16", "fp32")}  # first: auto
+PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnxruntime": ("fp32",), "tensorrt": ("fp16", "fp32")}  # first: auto
 NEEDS_BUNDLE = ("onnxruntime", "tensorrt")
 
 
@@ -51,8 +51,9 @@ def choose_backend(source, device: torch.device) -> str:
     return "onnxruntime" if isinstance(source, Bundle) else "torch"
 
 
-def create_backend(name: str, source, device="auto", precision: str = "auto"):
-    """Build the named backend for `source`, an LDSeg module or a loaded Bundle."""
+def create_backend(name: str, source, device="auto", precision: str = "auto", **options):
+    """Build the named backend for `source`, an LDSeg module or a loaded Bundle. options go to
+    the backend (torch: kernels, cuda_graphs)."""
     if name not in BACKENDS + ("auto",):
         raise BackendError(f"unknown backend {name!r}; available: {', '.join(('auto',) + BACKENDS)}")
     device = resolve_device(device)
@@ -62,6 +63,8 @@ def create_backend(name: str, source, device="auto", precision: str = "auto"):
     if precision not in PRECISIONS[name]:
         raise BackendError(f"precision {precision!r} is not available with backend {name!r}; "
                            f"available: {', '.join(('auto',) + PRECISIONS[name])}")
+    if options and name != "torch":
+        raise BackendError(f"options {sorted(options)} apply to backend 'torch' only, not {name!r}")
     if name in NEEDS_BUNDLE and not isinstance(source, Bundle):
         raise BackendError(f"backend {name!r} runs an exported bundle's graphs; export the model first "
                            "(python -m ldseg_rt.export CKPT --out NAME.ldseg) and pass the bundle's path")
@@ -73,4 +76,4 @@ def create_backend(name: str, source, device="auto", precision: str = "auto"):
         return TensorRTBackend(source, device, precision)
     from ..checkpoint import load_model
     from .torch_backend import TorchBackend
-    return TorchBackend(load_model(source), device)
+    return TorchBackend(load_model(source), device, precision, **options)

@@ -1,9 +1,12 @@
 """The face every backend has: the three inference networks on float32 numpy arrays (NCHW),
-run by name. A backend says what it is (`name`, `precision`, `device`, `config`) and
-implements `run`."""
+run by name, and the sampling loop. A backend says what it is (`name`, `precision`,
+`device`, `config`) and implements `run`; one that can keep the whole loop on its device
+overrides `sample_latents`."""
 from __future__ import annotations
 
 import numpy as np
+
+from ..sampler import sample_latents
 
 NETWORKS = ("image_encoder", "denoiser", "decoder")
 
@@ -23,3 +26,10 @@ class Backend:
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         return self.run("decoder", z)
+
+    def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, table: np.ndarray) -> np.ndarray:
+        """The step table's loop for len(seeds) images x n samples: the C++ sampler, calling
+        the denoiser once per step on the whole batch."""
+        condition = np.repeat(z_i, n, axis=0)  # each image's latent for its n samples
+        return sample_latents(lambda z_t, t: self.denoise(z_t, condition, t), seeds, n,
+                              self.config.latent_shape, table)

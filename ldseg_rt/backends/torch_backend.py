@@ -1,23 +1,55 @@
-"""The PyTorch backend: runs the LDSeg modules eagerly, without gradients."""
+"""The PyTorch backend: the LDSeg modules, without gradients.
+
+On the CPU they run eagerly in fp32 and the C++ sampler drives the loop. On CUDA (SPEC
+section 5) the Triton kernels replace attention and GroupNorm+SiLU, the step math and noise
+run in the Triton step kernel, the K-step loop is captured in one CUDA graph, and fp16/bf16
+weights are available with the norms in fp32. `kernels=False` and `cuda_graphs=False` turn
+those off, for comparison.
+"""
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
 
+from ..errors import BackendError
 from ..models import LDSeg
 from .base import Backend
+
+GPU_PRECISIONS = ("fp16", "bf16")
 
 
 class TorchBackend(Backend):
     name = "torch"
-    precision = "fp32"
 
-    def __init__(self, model: LDSeg, device: torch.device):
-        self.device = device
-        self.model = model.to(device).eval()
-        self.config = model.config
+    def __init__(self, model: LDSeg, device: torch.device, precision: str = "fp32", kernels: bool | None = None,
+                 cuda_graphs: bool | None = None):
+        """kernels, cuda_graphs: None means on CUDA, off elsewhere (kernels=True also works on
+        the CPU under TRITON_INTERPRET=1, which is how the tests check this path)."""
+        on_gpu = device.type == "cuda"
+        if precision in GPU_PRECISIONS and not on_gpu:
+            raise BackendError(f"precision {precision!r} with backend 'torch' needs a CUDA device; on the CPU "
+                               "use 'fp32'")
+        self.device, self.precision, self.config = device, precision, model.config
+        self.kernels = on_gpu if kernels is None else kernels
+        self.loop, self._autocast = None, contextlib.nullcontext
+        if on_gpu or self.kernels:
+            from .device_loop import DeviceLoop
+            from .gpu_model import autocast, gpu_model
+            self.model = gpu_model(model, device, precision, self.kernels)
+            self.loop = DeviceLoop(self.model.denoiser, model.config.latent_shape, device, precision,
+                                   on_gpu if cuda_graphs is None else cuda_graphs)
+            self._autocast = lambda: autocast(device, precision)
+        else:
+            self.model = model.to(device).eval()
 
     def run(self, network: str, *arrays: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
             return getattr(self.model, network)(*inputs).float().cpu().numpy()
+
+    def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, table: np.ndarray) -> np.ndarray:
+        if self.loop is None:
+            return super().sample_latents(z_i, seeds, n, table)
+        return self.loop(z_i, seeds, n, table)
