@@ -1,7 +1,9 @@
-"""Named architecture configurations of the LDSeg family (SPEC section 1 L).
+"""Named configurations of both model families (SPEC section 1).
 
-`glas512` is the paper's 2D configuration exactly; `small` is a scaled-down variant with
-the same structure for tests, the demo and CPU training.
+LDSeg (L): `glas512` is the paper's 2D configuration exactly; `small` is a scaled-down
+variant with the same structure for tests, the demo and CPU training. Pixel-space ambiguous
+segmentation (P): `amb128` is the paper's U-Net and diffusion settings; `amb_small` the same
+structure scaled down for CPU training.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class LDSegConfig:
     cosine_s: float = 0.008
     steps: int = 15
     eta: float = 0.0
+    family = "ldseg"
 
     def __post_init__(self):
         downsamplings = len(self.image_encoder_widths)
@@ -74,11 +77,66 @@ class LDSegConfig:
 
     @classmethod
     def from_dict(cls, fields: dict) -> "LDSegConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(fields) - known
-        if unknown:
-            raise ConfigError(f"unknown configuration fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        return _from_dict(cls, fields)
+
+
+@dataclass(frozen=True)
+class AmbiguousConfig:
+    """Pixel-space diffusion for ambiguous segmentation (SPEC section 1 P): a binary mask
+    embedded as x0 = 2m - 1, the image concatenated as condition, a continuous-time VP
+    process with input scaling, and a U-Net denoiser."""
+    name: str
+    image_size: int = 128
+    in_channels: int = 1  # image channels (the U-Net sees in_channels + 1)
+    # U-Net.
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 1, 2, 4)
+    num_res_blocks: tuple[int, ...] = (1, 2, 3, 4)  # per level
+    num_middle_blocks: int = 4
+    heads: int = 4  # attention at the lowest resolution only
+    norm_groups: int = 32
+    time_embed_dim: int = 32  # sinusoidal features, max period time_max_period
+    time_max_period: float = 10.0
+    time_dim: int = 128
+    dropout: float = 0.0
+    # Diffusion.
+    prediction: str = "x"  # 'eps', 'x' (tanh output) or 'v'
+    input_scale: float = 0.1  # b: SNR_b = b^2 SNR
+    logsnr_clamp: float = 20.0
+    loss_weighting: str = "snr_plus1"
+    sampler: str = "ddpm"  # 'ddpm' (ancestral) or 'ddim'
+    variance: str = "large"  # DDPM posterior variance: 'large' or 'small'
+    steps: int = 10
+    clip: float = 1.0  # x_hat clipped to [-clip, clip]
+    num_classes = 2  # background, foreground (mask = x_hat > 0)
+    family = "ambiguous"
+
+    def __post_init__(self):
+        if len(self.num_res_blocks) != len(self.channel_mults):
+            raise ConfigError(f"{self.name}: num_res_blocks needs one entry per channel multiplier")
+        if self.image_size % 2 ** (len(self.channel_mults) - 1):
+            raise ConfigError(f"{self.name}: image_size {self.image_size} is not divisible by "
+                              f"{2 ** (len(self.channel_mults) - 1)}")
+        if self.prediction not in ("eps", "x", "v"):
+            raise ConfigError(f"{self.name}: prediction must be 'eps', 'x' or 'v', got {self.prediction!r}")
+        if not self.input_scale > 0:
+            raise ConfigError(f"{self.name}: input_scale must be > 0, got {self.input_scale}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "AmbiguousConfig":
+        return _from_dict(cls, fields)
+
+
+def _from_dict(cls, fields: dict):
+    """A configuration from its to_dict() form (JSON turns tuples into lists)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(fields) - known
+    if unknown:
+        raise ConfigError(f"unknown configuration fields: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 CONFIGS = {
@@ -93,10 +151,13 @@ CONFIGS = {
         label_encoder_widths=(16, 32, 32, 32),
         decoder_widths=(32, 32, 16),
     ),
+    "amb128": AmbiguousConfig(name="amb128"),
+    "amb_small": AmbiguousConfig(name="amb_small", image_size=32, base_channels=16, channel_mults=(1, 2, 2),
+                                 num_res_blocks=(1, 1, 1), num_middle_blocks=1, norm_groups=8),
 }
 
 
-def get_config(name: str) -> LDSegConfig:
+def get_config(name: str) -> LDSegConfig | AmbiguousConfig:
     try:
         return CONFIGS[name]
     except KeyError:
