@@ -1,4 +1,4 @@
-"""A trained LDSeg model -> a bundle: the manifest, the weights and one checked ONNX graph per
+"""A trained model of either family -> a bundle: the manifest, the weights and one checked ONNX graph per
 inference network (SPEC section 4)."""
 from __future__ import annotations
 
@@ -16,19 +16,19 @@ import ldseg_rt
 from ldseg_rt.bundle import Bundle, write_bundle
 from ldseg_rt.checkpoint import TRAINING_ONLY
 from ldseg_rt.errors import ExportError, InvalidArgumentError
-from ldseg_rt.models import LDSeg
 
 from .onnx_graphs import BATCH, OPSET, network_io, relative_error, to_onnx
 
 CHECK_BATCHES = (1, 16, 32)
 TOLERANCE = 1e-4  # fp32: max |onnxruntime - torch| / max |torch|
+PHILOX = "Philox4x32-10 keyed by (seed, sample, step, element)"
 
 
 def default_class_names(num_classes: int) -> list[str]:
     return ["background"] + [f"class {c}" for c in range(1, num_classes)]
 
 
-def export_bundle(model: LDSeg, out, class_names: list[str] | None = None, source: str = "",
+def export_bundle(model, out, class_names: list[str] | None = None, source: str = "",
                   check_batches=CHECK_BATCHES, tolerance: float = TOLERANCE, overwrite: bool = False,
                   seed: int | None = None, progress: bool = True) -> Bundle:
     """Export, compare every graph with PyTorch on fresh random inputs at each check batch,
@@ -40,17 +40,18 @@ def export_bundle(model: LDSeg, out, class_names: list[str] | None = None, sourc
         raise InvalidArgumentError(f"{len(class_names)} class names given for a model of "
                                    f"{cfg.num_classes} classes: {class_names}")
     rng = np.random.default_rng(seed)
+    t_max = cfg.timesteps if cfg.family == "ldseg" else 1.0  # LDSeg's t is a step index, the other's in [0, 1]
     networks, files = {}, {}
     specs = network_io(model.eval())
     bar = tqdm(total=len(specs) * (1 + len(check_batches)), desc="export", unit="step", disable=not progress)
     for name, spec in specs.items():
         bar.set_postfix_str(f"{name}: ONNX")
-        graph = to_onnx(spec["module"], spec["inputs"], spec["outputs"], cfg.timesteps)
+        graph = to_onnx(spec["module"], spec["inputs"], spec["outputs"], t_max)
         bar.update()
         errors = {}
         for batch in check_batches:
             bar.set_postfix_str(f"{name}: check batch {batch}")
-            errors[str(batch)] = relative_error(spec["module"], graph, spec["inputs"], batch, rng, cfg.timesteps)
+            errors[str(batch)] = relative_error(spec["module"], graph, spec["inputs"], batch, rng, t_max)
             bar.update()
         worst = max(errors.values(), default=0.0)
         if worst > tolerance:
@@ -63,7 +64,7 @@ def export_bundle(model: LDSeg, out, class_names: list[str] | None = None, sourc
     bar.close()
     weights = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith(TRAINING_ONLY)}
     files["weights.safetensors"] = safetensors.torch.save(weights)
-    manifest = {"family": "ldseg", "source": source, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    manifest = {"family": cfg.family, "source": source, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "config": cfg.to_dict(), "classes": class_names, "preprocessing": _preprocessing(cfg),
                 "diffusion": _diffusion(cfg), "networks": networks, "versions": _versions()}
     return write_bundle(out, manifest, files, overwrite=overwrite)
@@ -81,9 +82,14 @@ def _preprocessing(cfg) -> dict:
 
 
 def _diffusion(cfg) -> dict:
+    if cfg.family == "ambiguous":
+        return {"process": "pixel-space VP, continuous t in [0, 1], mask = x > 0", "schedule": "cosine",
+                "input_scale": cfg.input_scale, "logsnr_clamp": cfg.logsnr_clamp, "sampler": cfg.sampler,
+                "variance": cfg.variance, "steps": cfg.steps, "eta": cfg.eta, "prediction": cfg.prediction,
+                "clip": cfg.clip, "renormalize": False, "noise": PHILOX}
     return {"process": "LDSeg latent DDIM", "schedule": "cosine", "timesteps": cfg.timesteps,
             "cosine_s": cfg.cosine_s, "steps": cfg.steps, "eta": cfg.eta, "prediction": "eps",
-            "renormalize": True, "noise": "Philox4x32-10 keyed by (seed, sample, step, element)"}
+            "renormalize": True, "noise": PHILOX}
 
 
 def _versions() -> dict:

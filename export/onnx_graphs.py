@@ -11,45 +11,46 @@ import onnxruntime as ort
 import torch
 
 from ldseg_rt.errors import ExportError
-from ldseg_rt.models import LDSeg
 
 OPSET = 18
 BATCH = "batch"
 
 
-def network_io(model: LDSeg) -> dict[str, dict]:
+def network_io(model) -> dict[str, dict]:
     """Per inference network: the module, and the names and shapes (batch first) of its inputs
-    and outputs, as the manifest records them."""
+    and outputs, as the manifest records them. Both families have the same three networks
+    (the pixel-space family's encoder is the identity, its decoder a threshold)."""
     cfg = model.config
     image = [BATCH, cfg.in_channels, cfg.image_size, cfg.image_size]
     latent = [BATCH, *cfg.latent_shape]
+    condition = [BATCH, *cfg.condition_shape]
     probs = [BATCH, cfg.num_classes, cfg.image_size, cfg.image_size]
     return {
-        "image_encoder": {"module": model.image_encoder, "inputs": {"image": image}, "outputs": {"z_i": latent}},
-        "denoiser": {"module": model.denoiser, "inputs": {"z_t": latent, "z_i": latent, "t": [BATCH]},
-                     "outputs": {"eps": latent}},
+        "image_encoder": {"module": model.image_encoder, "inputs": {"image": image}, "outputs": {"z_i": condition}},
+        "denoiser": {"module": model.denoiser, "inputs": {"z_t": latent, "z_i": condition, "t": [BATCH]},
+                     "outputs": {"out": latent}},
         "decoder": {"module": model.decoder, "inputs": {"z": latent}, "outputs": {"probs": probs}},
     }
 
 
-def random_inputs(inputs: dict[str, list], batch: int, rng: np.random.Generator, timesteps: int) -> dict:
-    """Inputs in the range each network sees: images in [0, 1], latents ~ N(0, 1), t in [0, T)."""
+def random_inputs(inputs: dict[str, list], batch: int, rng: np.random.Generator, t_max: float) -> dict:
+    """Inputs in the range each network sees: images in [0, 1], latents ~ N(0, 1), t in [0, t_max)."""
     arrays = {}
     for name, shape in inputs.items():
         shape = [batch, *shape[1:]]
         if name == "image":
             arrays[name] = rng.random(shape, dtype=np.float32)
         elif name == "t":
-            arrays[name] = rng.integers(0, timesteps, shape).astype(np.float32)
+            arrays[name] = (rng.random(shape) * t_max).astype(np.float32)
         else:
             arrays[name] = rng.standard_normal(shape, dtype=np.float32)
     return arrays
 
 
 def to_onnx(module: torch.nn.Module, inputs: dict[str, list], outputs: dict[str, list],
-            timesteps: int) -> bytes:
+            t_max: float) -> bytes:
     """Trace the module at batch 2 and return the ONNX graph, batch axis dynamic, checked."""
-    example = random_inputs(inputs, 2, np.random.default_rng(0), timesteps)
+    example = random_inputs(inputs, 2, np.random.default_rng(0), t_max)
     buffer = io.BytesIO()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the dynamo one, which takes ten
@@ -67,9 +68,9 @@ def to_onnx(module: torch.nn.Module, inputs: dict[str, list], outputs: dict[str,
 
 
 def relative_error(module: torch.nn.Module, graph: bytes, inputs: dict[str, list], batch: int,
-                   rng: np.random.Generator, timesteps: int) -> float:
+                   rng: np.random.Generator, t_max: float) -> float:
     """max |onnxruntime - torch| / max |torch| on fresh random inputs of the given batch."""
-    arrays = random_inputs(inputs, batch, rng, timesteps)
+    arrays = random_inputs(inputs, batch, rng, t_max)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])

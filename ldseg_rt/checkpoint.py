@@ -12,9 +12,9 @@ from safetensors import SafetensorError
 
 from .atomic import replacing
 from .bundle import Bundle, is_bundle, load_bundle
-from .configs import LDSegConfig
+from .configs import config_from_dict
 from .errors import ConfigError, ModelLoadError
-from .models import LDSeg
+from .models import MODELS, LDSeg, build_model
 
 FORMAT = "ldseg_rt.checkpoint"
 VERSION = 1
@@ -25,7 +25,7 @@ TRAINING_ONLY = "label_encoder."  # weights sampling never uses
 def save_checkpoint(model: LDSeg, path, **extra) -> Path:
     """Write the model and `extra` entries (tensors, numbers, strings) atomically."""
     path = Path(path)
-    payload = {"format": FORMAT, "version": VERSION, "family": "ldseg",
+    payload = {"format": FORMAT, "version": VERSION, "family": model.config.family,
                "config": model.config.to_dict(), "state_dict": model.state_dict(), **extra}
     with replacing(path) as tmp, open(tmp, "xb") as f:
         torch.save(payload, f)
@@ -57,7 +57,7 @@ def save_inference_checkpoint(model: LDSeg, path) -> Path:
 
 def load_checkpoint(path) -> LDSeg:
     payload = read_checkpoint(path)
-    return _with_weights(payload.get("config"), payload.get("state_dict"), str(path))
+    return _with_weights(payload.get("config"), payload.get("family", "ldseg"), payload.get("state_dict"), str(path))
 
 
 def model_from_bundle(bundle: Bundle) -> LDSeg:
@@ -66,14 +66,14 @@ def model_from_bundle(bundle: Bundle) -> LDSeg:
         weights = safetensors.torch.load(bundle.read("weights.safetensors"))
     except SafetensorError as e:
         raise ModelLoadError(f"{str(bundle.path)!r}: weights.safetensors cannot be read: {e}") from e
-    return _with_weights(bundle.manifest["config"], weights, str(bundle.path))
+    return _with_weights(bundle.manifest["config"], bundle.manifest["family"], weights, str(bundle.path))
 
 
-def _with_weights(config: dict | None, state_dict: dict | None, where: str) -> LDSeg:
+def _with_weights(config: dict | None, family: str, state_dict: dict | None, where: str):
     """A model of the recorded configuration with these weights: all of them, but for the
     label encoder's, which sampling never uses."""
     try:
-        model = LDSeg(LDSegConfig.from_dict(config))
+        model = build_model(config_from_dict(config, family))
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
     except (ConfigError, RuntimeError, KeyError, TypeError) as e:
         raise ModelLoadError(f"{where!r}: weights do not match the recorded configuration: {e}") from e
@@ -90,7 +90,7 @@ def builtin_names() -> list[str]:
 
 def load_model(engine) -> LDSeg:
     """An in-memory LDSeg, a checkpoint path, a bundle folder, or `builtin:NAME`."""
-    if isinstance(engine, LDSeg):
+    if isinstance(engine, tuple(MODELS.values())):
         return engine.eval()
     if isinstance(engine, Bundle):
         return model_from_bundle(engine)

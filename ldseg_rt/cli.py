@@ -39,6 +39,15 @@ def _shapes(tensors: dict) -> str:
     return ", ".join(f"{name} {list(t['shape'])}" for name, t in tensors.items())
 
 
+def _sampling(diffusion: dict) -> str:
+    if "input_scale" in diffusion:  # the pixel-space family
+        return (f"{diffusion['steps']} {diffusion['sampler'].upper()} steps ({diffusion['variance']} variance), "
+                f"{diffusion['schedule']} schedule with input scale {diffusion['input_scale']}, "
+                f"x clipped to +-{diffusion['clip']}")
+    return (f"{diffusion['steps']} DDIM steps, eta {diffusion['eta']}, {diffusion['schedule']} schedule over "
+            f"{diffusion['timesteps']} timesteps")
+
+
 def describe_bundle(bundle) -> str:
     """The manifest in human terms, and what backend="auto" would run it with here."""
     from .backends import PRECISIONS, choose_backend, resolve_device
@@ -50,9 +59,8 @@ def describe_bundle(bundle) -> str:
     lines = [f"bundle {bundle.path} (format {m['format_version']}, family {m['family']}), "
              f"exported {m.get('created', '?')} from {m.get('source') or '?'}",
              f"model: {cfg['name']} configuration, {size}x{size} input with {cfg['in_channels']} channel(s), "
-             f"{cfg['num_classes']} classes: {', '.join(m['classes'])}",
-             f"sampling: {diffusion['steps']} DDIM steps, eta {diffusion['eta']}, {diffusion['schedule']} schedule "
-             f"over {diffusion['timesteps']} timesteps, {diffusion['prediction']} prediction, latent "
+             f"{len(m['classes'])} classes: {', '.join(m['classes'])}",
+             f"sampling: {_sampling(diffusion)}, {diffusion['prediction']} prediction, state "
              f"{'x'.join(str(d) for d in m['networks']['denoiser']['inputs']['z_t']['shape'][1:])}",
              f"preprocessing: {m['preprocessing']['intensity']}; {m['preprocessing']['resize']}",
              "networks (ONNX, dynamic batch):"]

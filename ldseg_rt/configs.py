@@ -72,6 +72,11 @@ class LDSegConfig:
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.latent_channels, self.latent_size, self.latent_size)
 
+    @property
+    def condition_shape(self) -> tuple[int, int, int]:
+        """What the image encoder gives the denoiser: the image latent z_i."""
+        return self.latent_shape
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -88,14 +93,15 @@ class AmbiguousConfig:
     name: str
     image_size: int = 128
     in_channels: int = 1  # image channels (the U-Net sees in_channels + 1)
-    # U-Net.
+    # U-Net (the original's UNetModel; see ldseg_rt.models.ambiguous).
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 1, 2, 4)
     num_res_blocks: tuple[int, ...] = (1, 2, 3, 4)  # per level
-    num_middle_blocks: int = 4
-    heads: int = 4  # attention at the lowest resolution only
-    norm_groups: int = 32
-    time_embed_dim: int = 32  # sinusoidal features, max period time_max_period
+    num_middle_blocks: int = 4  # res blocks; attention between them when the lowest level has it
+    attention_levels: tuple[int, ...] = (-1,)  # levels with self-attention, negative from the end
+    heads: int = 4
+    norm_groups: int = 32  # GroupNorm groups; a width not divisible by it gets one per channel
+    time_embed_dim: int = 32  # sinusoidal features of t in [0, 1], max period time_max_period
     time_max_period: float = 10.0
     time_dim: int = 128
     dropout: float = 0.0
@@ -108,6 +114,7 @@ class AmbiguousConfig:
     variance: str = "large"  # DDPM posterior variance: 'large' or 'small'
     steps: int = 10
     clip: float = 1.0  # x_hat clipped to [-clip, clip]
+    eta: float = 0.0  # DDIM's noise, when sampler == 'ddim'
     num_classes = 2  # background, foreground (mask = x_hat > 0)
     family = "ambiguous"
 
@@ -117,10 +124,27 @@ class AmbiguousConfig:
         if self.image_size % 2 ** (len(self.channel_mults) - 1):
             raise ConfigError(f"{self.name}: image_size {self.image_size} is not divisible by "
                               f"{2 ** (len(self.channel_mults) - 1)}")
+        levels = len(self.channel_mults)
+        if any(not -levels <= level < levels for level in self.attention_levels):
+            raise ConfigError(f"{self.name}: attention_levels {self.attention_levels} outside {levels} levels")
+        for level in self.attention_levels:
+            if self.base_channels * self.channel_mults[level] % self.heads:
+                raise ConfigError(f"{self.name}: {self.base_channels * self.channel_mults[level]} channels "
+                                  f"do not split into {self.heads} heads")
         if self.prediction not in ("eps", "x", "v"):
             raise ConfigError(f"{self.name}: prediction must be 'eps', 'x' or 'v', got {self.prediction!r}")
         if not self.input_scale > 0:
             raise ConfigError(f"{self.name}: input_scale must be > 0, got {self.input_scale}")
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """The diffusion state: the mask itself, one channel at full resolution."""
+        return (1, self.image_size, self.image_size)
+
+    @property
+    def condition_shape(self) -> tuple[int, int, int]:
+        """The denoiser's condition: the image itself."""
+        return (self.in_channels, self.image_size, self.image_size)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -155,6 +179,16 @@ CONFIGS = {
     "amb_small": AmbiguousConfig(name="amb_small", image_size=32, base_channels=16, channel_mults=(1, 2, 2),
                                  num_res_blocks=(1, 1, 1), num_middle_blocks=1, norm_groups=8),
 }
+
+
+FAMILIES = {"ldseg": LDSegConfig, "ambiguous": AmbiguousConfig}
+
+
+def config_from_dict(fields: dict, family: str = "ldseg") -> LDSegConfig | AmbiguousConfig:
+    """A configuration as a checkpoint or bundle records it (to_dict() and its family)."""
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; this ldseg_rt knows {sorted(FAMILIES)}")
+    return FAMILIES[family].from_dict(fields)
 
 
 def get_config(name: str) -> LDSegConfig | AmbiguousConfig:

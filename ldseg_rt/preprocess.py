@@ -29,7 +29,7 @@ def _as_channels_first(img) -> tuple[torch.Tensor, torch.device | None]:
             raise ImageTypeError(f"image dtype {img.dtype} is not a real numeric type")
         if img.ndim not in (2, 3):
             raise InvalidImageError(f"image must be (H, W) or (H, W, C) (numpy is channels-last), got shape {img.shape}")
-        pixels = torch.from_numpy(np.ascontiguousarray(img))
+        pixels = torch.from_numpy(np.require(img, requirements=["C", "W"]))  # copies read-only arrays
         return (pixels[None] if img.ndim == 2 else pixels.permute(2, 0, 1)), None
     if isinstance(img, torch.Tensor):
         if img.dtype == torch.bool or img.is_complex() or not (img.is_floating_point() or img.dtype in (

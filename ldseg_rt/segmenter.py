@@ -17,10 +17,10 @@ from .backends import create_backend
 from .bundle import is_bundle, load_bundle
 from .checkpoint import load_model
 from .configs import get_config
-from .diffusion import ldseg_table
 from .errors import InvalidArgumentError
-from .models import LDSeg
+from .models import build_model
 from .preprocess import Prepared, prepare
+from .sampling_plan import sampling_plan
 
 SEED_LIMIT = 2 ** 64
 
@@ -82,7 +82,7 @@ class Segmenter:
     def from_config(cls, name: str, seed: int = 0, backend: str = "auto", device="auto",
                     precision: str = "auto", **backend_options) -> "Segmenter":
         """A model of a named configuration with random (Keras-initialised) weights."""
-        return cls(LDSeg.from_config(get_config(name), seed), backend, device, precision, **backend_options)
+        return cls(build_model(get_config(name), seed), backend, device, precision, **backend_options)
 
     @property
     def backend_name(self) -> str:
@@ -122,8 +122,7 @@ class Segmenter:
         with clock.stage("encode"):
             z_i = self.backend.encode(np.stack([p.pixels for p in prepared]))
         with clock.stage("sample"):
-            table = ldseg_table(steps, float(eta), self.config.timesteps, self.config.cosine_s)
-            latents = self.backend.sample_latents(z_i, seeds, n, table)
+            latents = self.backend.sample_latents(z_i, seeds, n, sampling_plan(self.config, steps, float(eta)))
         results = []
         for i, (p, s) in enumerate(zip(prepared, seeds)):
             own = latents[i * n:(i + 1) * n]

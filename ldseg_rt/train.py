@@ -1,12 +1,16 @@
-"""Training of the LDSeg family (SPEC section 1 L): `python -m ldseg_rt.train`.
+"""Training of both families (SPEC section 1): `python -m ldseg_rt.train`.
 
-All four networks are trained end to end, as in the original:
+LDSeg (L): all four networks are trained end to end, as in the original:
     z_l = labelEnc(y), z_i = E(x), z_t = sqrt(ab_t) z_l + sqrt(1 - ab_t) eps,
     eps_hat = D(z_t, z_i, t), y_hat = G(z_t - eps_hat),
     loss = CE(y, y_hat) + 2 (1 - Dice(y, y_hat)) + MSE(eps, eps_hat),
 with t uniform on the integers [0, T), Adam (lr 1e-3), random flips, and an EMA (0.999) of
 the denoiser: the EMA is what a checkpoint's inference weights hold. One deliberate
 difference: the original draws one eps for the whole batch; here every sample has its own.
+
+Pixel-space ambiguous segmentation (P): each image is paired with one of its annotations,
+picked uniformly, x0 = 2m - 1, t stratified on [0, 1], and the U-Net's output is judged by the
+weighted x-space MSE of ldseg_rt.pixel_diffusion.pixel_loss; the EMA is of the U-Net.
 
 Every step's randomness (batch, flips, t, eps, dropout) comes from a generator seeded by
 (seed, step), so a run resumed from a checkpoint continues exactly as an uninterrupted one.
@@ -25,9 +29,10 @@ from tqdm import tqdm
 
 from .backends import resolve_device
 from .checkpoint import read_checkpoint, save_checkpoint, save_inference_checkpoint
-from .configs import get_config, LDSegConfig
+from .configs import config_from_dict, get_config
 from .diffusion import cosine_alpha_bar
-from .models import LDSeg
+from .models import AmbiguousModel, LDSeg, build_model
+from .pixel_diffusion import pixel_loss, sample_t, training_target
 from .training_data import build_dataset
 
 
@@ -40,6 +45,7 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 500
     augment: bool = True
+    clip_grad: float = 0.0  # max gradient norm; 0 is no clipping (the pixel-space original uses 1)
 
 
 def ldseg_losses(model: LDSeg, images, labels, t, eps) -> dict:
@@ -59,6 +65,28 @@ def ldseg_losses(model: LDSeg, images, labels, t, eps) -> dict:
     return {"loss": ce + 2 * (1 - dice) + mse, "ce": ce, "dice": dice, "mse": mse}
 
 
+def ldseg_objective(model: LDSeg, images, labels, gen: torch.Generator) -> dict:
+    cfg = model.config
+    t = torch.randint(cfg.timesteps, (len(images),), generator=gen)
+    eps = torch.randn((len(images), *cfg.latent_shape), generator=gen)
+    return ldseg_losses(model, images, labels.long(), t.to(images.device), eps.to(images.device))
+
+
+def pixel_objective(model: AmbiguousModel, images, annotations, gen: torch.Generator) -> dict:
+    """The paper's objective on one annotation per image, picked uniformly."""
+    cfg, batch = model.config, len(images)
+    pick = torch.randint(annotations.shape[1], (batch,), generator=gen)
+    x0 = 2 * annotations[torch.arange(batch), pick][:, None].float() - 1
+    t = sample_t(batch, gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    x0, t, eps = x0.to(images.device), t.to(images.device), eps.to(images.device)
+    x_t, _ = training_target(x0, eps, t, cfg.input_scale, cfg.prediction, cfg.logsnr_clamp)
+    return {"loss": pixel_loss(model.denoiser(x_t, images, t), x0, eps, t, cfg)}
+
+
+OBJECTIVES = {"ldseg": ldseg_objective, "ambiguous": pixel_objective}
+
+
 def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
 
@@ -74,24 +102,24 @@ def _flip(x: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    """Holds the four networks, the denoiser's EMA and the optimiser; saves and resumes."""
+    """Holds the networks, the denoiser's EMA and the optimiser; saves and resumes."""
 
-    def __init__(self, cfg: LDSegConfig, settings: TrainSettings, device="auto", init_seed: int = 0):
+    def __init__(self, cfg, settings: TrainSettings, device="auto", init_seed: int = 0):
         self.settings = settings
         self.device = resolve_device(device)
-        self.model = LDSeg.from_config(cfg, seed=init_seed).to(self.device)
+        self.model = build_model(cfg, seed=init_seed).to(self.device)
         self.ema = copy.deepcopy(self.model.denoiser).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
         self.step = 0
 
     @classmethod
     def resume(cls, path, settings: TrainSettings | None = None, device="auto") -> "Trainer":
-        """Continue a run from its checkpoint: all four networks, the EMA, the optimiser."""
+        """Continue a run from its checkpoint: all networks, the EMA, the optimiser."""
         payload = read_checkpoint(path)
         state = payload.get("training")
         if state is None:
             raise ValueError(f"{path} holds inference weights only; it cannot be resumed")
-        trainer = cls(LDSegConfig.from_dict(payload["config"]),
+        trainer = cls(config_from_dict(payload["config"], payload.get("family", "ldseg")),
                       settings or TrainSettings(**state["settings"]), device)
         trainer.model.load_state_dict(payload["state_dict"])
         trainer.ema.load_state_dict(trainer.model.denoiser.state_dict())
@@ -111,13 +139,12 @@ class Trainer:
         if s.augment:
             kinds = torch.randint(4, (s.batch_size,), generator=gen)
             images, labels = _flip(images, kinds), _flip(labels, kinds)
-        t = torch.randint(cfg.timesteps, (s.batch_size,), generator=gen)
-        eps = torch.randn((s.batch_size, *cfg.latent_shape), generator=gen)
         self.model.train()
-        losses = ldseg_losses(self.model, images.to(self.device),
-                              labels.long().to(self.device), t.to(self.device), eps.to(self.device))
+        losses = OBJECTIVES[cfg.family](self.model, images.to(self.device), labels.to(self.device), gen)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
+        if s.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_grad)
         self.optimizer.step()
         with torch.no_grad():
             for e, p in zip(self.ema.parameters(), self.model.denoiser.parameters()):
@@ -125,7 +152,7 @@ class Trainer:
         self.step += 1
         return {k: v.item() for k, v in losses.items()}
 
-    def inference_model(self) -> LDSeg:
+    def inference_model(self):
         """The model as it is used: the denoiser's EMA in place of the trained denoiser."""
         model = copy.deepcopy(self.model).eval()
         model.denoiser.load_state_dict(self.ema.state_dict())
@@ -142,7 +169,7 @@ class Trainer:
         while self.step < s.steps:
             losses = self.train_step(dataset)
             bar.update(1)
-            bar.set_postfix(loss=f"{losses['loss']:.3f}", dice=f"{losses['dice']:.3f}", mse=f"{losses['mse']:.3f}")
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             if self.step % s.checkpoint_every == 0 or self.step == s.steps:
                 self.save(out)
         bar.close()

@@ -1,6 +1,7 @@
 """Training examples at the model's input size: (image (C, S, S) float32 in [0, 1],
-label (S, S) uint8). Images go through the same `prepare` as at inference, so a model
-sees in training exactly what the Segmenter will hand it."""
+label (S, S) uint8), or for the pixel-space family (image, annotations (M, S, S) uint8).
+Images go through the same `prepare` as at inference, so a model sees in training exactly
+what the Segmenter will hand it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,9 @@ import torch.nn.functional as F
 from .configs import LDSegConfig
 from .io import find_pairs, read_image, read_label, read_volume, volume_slices
 from .preprocess import prepare
+from .errors import DatasetError
 from .synthetic import NUM_CLASSES, make_phantom
+from .synthetic_ambiguous import TRAIN_SEEDS, AmbiguousDataset
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -65,8 +68,28 @@ def volume_data(cfg: LDSegConfig, pairs, axis: int) -> list:
     return data
 
 
-def build_dataset(cfg: LDSegConfig, data: str, label_dir=None, axis: int = 2):
+class AmbiguousSyntheticData:
+    """Synthetic ambiguous lesions (ldseg_rt.synthetic_ambiguous) from its training seeds, each
+    image with its fixed annotations; the trainer picks one per step."""
+
+    def __init__(self, cfg, count: int = 100_000, annotators: int = 4):
+        self.cfg = cfg
+        self.cases = AmbiguousDataset(cfg.image_size, TRAIN_SEEDS[:count], annotators)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int):
+        image, annotations = self.cases[i]
+        return prepare(image, self.cfg).pixels, annotations
+
+
+def build_dataset(cfg, data: str, label_dir=None, axis: int = 2):
     """'synthetic', or a folder of images or NIfTI volumes paired by name with `label_dir`."""
+    if cfg.family == "ambiguous":
+        if data != "synthetic":
+            raise DatasetError(f"the pixel-space family trains on --data synthetic (annotation sets); got {data!r}")
+        return AmbiguousSyntheticData(cfg)
     if data == "synthetic":
         return SyntheticData(cfg)
     if label_dir is None:

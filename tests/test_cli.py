@@ -32,7 +32,7 @@ def test_info_describes_a_bundle(builtin_bundle, capsys):
     printed = capsys.readouterr().out
     cfg = builtin_bundle.manifest["config"]
     assert f"{cfg['name']} configuration, 128x128 input with 1 channel(s), 3 classes: background, class 1, class 2" in printed
-    assert f"{cfg['steps']} DDIM steps" in printed and "latent 1x16x16" in printed
+    assert f"{cfg['steps']} DDIM steps" in printed and "state 1x16x16" in printed
     assert "denoiser" in printed and "z_t ['batch', 1, 16, 16]" in printed
     assert "files: 4, sha256 verified" in printed
     if not torch.cuda.is_available():

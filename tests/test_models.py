@@ -5,7 +5,7 @@ import torch
 
 from ldseg_rt.configs import CONFIGS, LDSegConfig, get_config
 from ldseg_rt.errors import ConfigError
-from ldseg_rt.models import LDSeg
+from ldseg_rt.models import LDSeg, build_model
 
 from conftest import perturbed
 
@@ -68,16 +68,18 @@ def test_networks_are_batch_independent(small_model):
     torch.testing.assert_close(dec_b, dec_a, rtol=1e-5, atol=1e-6)
 
 
-def test_from_config_is_seeded_and_leaves_global_rng_alone():
-    cfg = get_config("small")
+@pytest.mark.parametrize("name", ["small", "amb_small"])  # one configuration of each family
+def test_from_config_is_seeded_and_leaves_global_rng_alone(name):
+    cfg = get_config(name)
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    a, b, c = (LDSeg.from_config(cfg, seed=s) for s in (5, 5, 6))
+    a, b, c = (build_model(cfg, seed=s) for s in (5, 5, 6))
     assert torch.equal(torch.rand(3), expected)
-    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
     assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+    assert a.config is cfg and not a.training
 
 
 def test_config_round_trip_and_errors():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..sampler import sample_latents
+from ..sampling_plan import SamplingPlan
 
 NETWORKS = ("image_encoder", "denoiser", "decoder")
 
@@ -27,9 +28,9 @@ class Backend:
     def decode(self, z: np.ndarray) -> np.ndarray:
         return self.run("decoder", z)
 
-    def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, table: np.ndarray) -> np.ndarray:
-        """The step table's loop for len(seeds) images x n samples: the C++ sampler, calling
-        the denoiser once per step on the whole batch."""
-        condition = np.repeat(z_i, n, axis=0)  # each image's latent for its n samples
-        return sample_latents(lambda z_t, t: self.denoise(z_t, condition, t), seeds, n,
-                              self.config.latent_shape, table)
+    def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, plan: SamplingPlan) -> np.ndarray:
+        """The plan's loop for len(seeds) images x n samples: the C++ sampler, calling the
+        denoiser once per step on the whole batch."""
+        condition = np.repeat(z_i, n, axis=0)  # each image's condition for its n samples
+        return sample_latents(lambda z_t, t: self.denoise(z_t, condition, t), seeds, n, plan.latent_shape,
+                              plan.table, plan.prediction, plan.clip, plan.renormalize)

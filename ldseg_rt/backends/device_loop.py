@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..kernels.diffusion_step import diffusion_step, initial_noise
+from ..sampling_plan import SamplingPlan
 from .gpu_model import autocast
 
 MAX_GRAPHS = 8  # captured loops kept, least recently used dropped
@@ -22,37 +23,37 @@ def _seed_words(seeds: list[int]) -> torch.Tensor:
 
 
 class DeviceLoop:
-    def __init__(self, denoiser: torch.nn.Module, latent_shape, device: torch.device, precision: str,
-                 cuda_graphs: bool):
-        self.denoiser, self.latent_shape = denoiser, tuple(latent_shape)
+    def __init__(self, denoiser: torch.nn.Module, device: torch.device, precision: str, cuda_graphs: bool):
+        self.denoiser = denoiser
         self.device, self.precision = device, precision
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self._graphs: dict[tuple, tuple] = {}
 
-    def __call__(self, z_i: np.ndarray, seeds: list[int], n: int, table: np.ndarray) -> np.ndarray:
-        """Latents (len(seeds) * n, *latent_shape), image-major, like the C++ sampler's."""
+    def __call__(self, z_i: np.ndarray, seeds: list[int], n: int, plan: SamplingPlan) -> np.ndarray:
+        """Latents (len(seeds) * n, *plan.latent_shape), image-major, like the C++ sampler's."""
         rows = len(seeds) * n
         condition = torch.from_numpy(np.repeat(z_i, n, axis=0)).to(self.device)
         row_seeds = _seed_words([s for s in seeds for _ in range(n)]).to(self.device)
         samples = torch.arange(n, dtype=torch.int64).repeat(len(seeds)).to(self.device)
         with torch.inference_mode():
             if not self.cuda_graphs:
-                return self._loop(condition, row_seeds, samples, table).cpu().numpy()
-            return self._replay(condition, row_seeds, samples, table, rows).cpu().numpy()
+                return self._loop(condition, row_seeds, samples, plan).cpu().numpy()
+            return self._replay(condition, row_seeds, samples, plan, rows).cpu().numpy()
 
-    def _loop(self, condition, seeds, samples, table: np.ndarray) -> torch.Tensor:
-        z = initial_noise(seeds, samples, self.latent_shape)
-        for step, row in enumerate(np.asarray(table, np.float64)):
+    def _loop(self, condition, seeds, samples, plan: SamplingPlan) -> torch.Tensor:
+        z = initial_noise(seeds, samples, plan.latent_shape, plan.renormalize)
+        for step, row in enumerate(plan.table):
             t = torch.full((z.shape[0],), float(row[0]), dtype=torch.float32, device=self.device)
             with autocast(self.device, self.precision):
                 out = self.denoiser(z, condition, t)
-            z = diffusion_step(z, out, seeds, samples, step, tuple(row))
+            z = diffusion_step(z, out, seeds, samples, step, tuple(row), plan.prediction, plan.clip,
+                               plan.renormalize)
         return z
 
-    def _replay(self, condition, seeds, samples, table: np.ndarray, rows: int) -> torch.Tensor:
-        key = (rows, np.asarray(table, np.float64).tobytes())
+    def _replay(self, condition, seeds, samples, plan: SamplingPlan, rows: int) -> torch.Tensor:
+        key = (rows, plan.table.tobytes(), plan.prediction, plan.clip, plan.renormalize, plan.latent_shape)
         if key not in self._graphs:
-            self._graphs[key] = self._capture(condition, seeds, samples, table)
+            self._graphs[key] = self._capture(condition, seeds, samples, plan)
             if len(self._graphs) > MAX_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))
         graph, inputs, output = self._graphs.pop(key)
@@ -62,16 +63,16 @@ class DeviceLoop:
         graph.replay()
         return output.clone()
 
-    def _capture(self, condition, seeds, samples, table: np.ndarray):
+    def _capture(self, condition, seeds, samples, plan: SamplingPlan):
         inputs = (condition.clone(), seeds.clone(), samples.clone())
         # Warm-up on a side stream compiles the Triton kernels and lets cuDNN/cuBLAS pick their
         # algorithms and workspaces, none of which may happen during capture.
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            self._loop(*inputs, table)
+            self._loop(*inputs, plan)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            output = self._loop(*inputs, table)
+            output = self._loop(*inputs, plan)
         return graph, inputs, output

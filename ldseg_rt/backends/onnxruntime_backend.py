@@ -12,7 +12,7 @@ import onnxruntime as ort
 import torch
 
 from ..bundle import Bundle
-from ..configs import LDSegConfig
+from ..configs import config_from_dict
 from ..errors import DeviceError
 from .base import NETWORKS, Backend
 
@@ -23,7 +23,7 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, bundle: Bundle, device: torch.device):
         self.device = device
-        self.config = LDSegConfig.from_dict(bundle.manifest["config"])
+        self.config = config_from_dict(bundle.manifest["config"], bundle.manifest["family"])
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..bundle import Bundle
-from ..configs import LDSegConfig
+from ..configs import config_from_dict
 from ..errors import BackendError, DeviceError
 from .base import Backend
 from .tensorrt_engines import (EngineCache, GpuIdentity, Profile, import_tensorrt, network_profiles,
@@ -43,7 +43,7 @@ class TensorRTBackend(Backend):
         self.trt = import_tensorrt()
         self.device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
         self.precision = precision
-        self.config = LDSegConfig.from_dict(bundle.manifest["config"])
+        self.config = config_from_dict(bundle.manifest["config"], bundle.manifest["family"])
         self._bundle = bundle
         self._profiles = network_profiles(n, max_images)
         self._cache = EngineCache(self.trt, bundle, GpuIdentity.of(self.device), precision)

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import BackendError
 from ..models import LDSeg
+from ..sampling_plan import SamplingPlan
 from .base import Backend
 
 GPU_PRECISIONS = ("fp16", "bf16")
@@ -38,8 +39,7 @@ class TorchBackend(Backend):
             from .device_loop import DeviceLoop
             from .gpu_model import autocast, gpu_model
             self.model = gpu_model(model, device, precision, self.kernels)
-            self.loop = DeviceLoop(self.model.denoiser, model.config.latent_shape, device, precision,
-                                   on_gpu if cuda_graphs is None else cuda_graphs)
+            self.loop = DeviceLoop(self.model.denoiser, device, precision, on_gpu if cuda_graphs is None else cuda_graphs)
             self._autocast = lambda: autocast(device, precision)
         else:
             self.model = model.to(device).eval()
@@ -49,7 +49,7 @@ class TorchBackend(Backend):
             inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
             return getattr(self.model, network)(*inputs).float().cpu().numpy()
 
-    def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, table: np.ndarray) -> np.ndarray:
+    def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, plan: SamplingPlan) -> np.ndarray:
         if self.loop is None:
-            return super().sample_latents(z_i, seeds, n, table)
-        return self.loop(z_i, seeds, n, table)
+            return super().sample_latents(z_i, seeds, n, plan)
+        return self.loop(z_i, seeds, n, plan)

@@ -1,0 +1,88 @@
+"""The pixel-space family end to end: Segmenter, the shared sampler, export, onnxruntime,
+the device path and training."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import perturbed
+from ldseg_rt import Segmenter
+from ldseg_rt.bundle import load_bundle
+from ldseg_rt.checkpoint import load_model, save_checkpoint
+from ldseg_rt.configs import get_config
+from ldseg_rt.diffusion import reference_sample
+from ldseg_rt.export import export_bundle
+from ldseg_rt.models import AmbiguousModel
+from ldseg_rt.pixel_diffusion import pixel_table
+from ldseg_rt.preprocess import prepare
+from ldseg_rt.synthetic_ambiguous import make_ambiguous_case
+from ldseg_rt.train import Trainer, TrainSettings
+from ldseg_rt.training_data import build_dataset
+
+
+@pytest.fixture(scope="module", params=["x", "eps"])
+def amb_model(request):
+    import dataclasses
+    cfg = dataclasses.replace(get_config("amb_small"), prediction=request.param)
+    model = AmbiguousModel.from_config(cfg, seed=2)
+    perturbed(model.denoiser, seed=5, scale=0.5)  # zero-initialised heads would output 0
+    return model.eval()
+
+
+def test_samples_follow_the_float64_oracle(amb_model, rng):
+    cfg = amb_model.config
+    case = make_ambiguous_case(cfg.image_size, int(rng.integers(10 ** 6)))
+    seed, n = int(rng.integers(2 ** 63)), 3
+    result = Segmenter(amb_model, backend="torch", device="cpu").sample(case.image, n=n, seed=seed)
+    condition = torch.from_numpy(np.repeat(prepare(case.image, cfg).pixels[None], n, axis=0))
+
+    def denoise(z, t):
+        with torch.inference_mode():
+            return amb_model.denoiser(torch.from_numpy(z), condition, torch.from_numpy(t)).numpy()
+
+    expected = reference_sample(denoise, [seed], n, cfg.latent_shape, pixel_table(cfg), cfg.prediction,
+                                clip=cfg.clip, renorm=False)
+    assert np.abs(result.latents - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    assert np.array_equal(result.samples, (result.latents[:, 0] > 0).astype(np.uint8))
+    assert set(np.unique(result.samples)) <= {0, 1} and result.probs.shape == (2, *case.image.shape)
+    np.testing.assert_allclose(result.probs[1], result.samples.mean(axis=0), atol=1e-6)
+
+
+def test_export_and_onnxruntime_give_the_same_samples(amb_model, tmp_path, rng):
+    bundle = export_bundle(amb_model, tmp_path / "amb.ldseg", check_batches=(1, 5), progress=False)
+    assert load_bundle(bundle.path).manifest["family"] == "ambiguous"
+    assert load_model(bundle.path).config == amb_model.config
+    image = make_ambiguous_case(amb_model.config.image_size, int(rng.integers(10 ** 6))).image
+    seed = int(rng.integers(2 ** 63))
+    ort = Segmenter(bundle.path, device="cpu").sample(image, n=8, seed=seed)
+    ref = Segmenter(bundle.path, backend="torch", device="cpu").sample(image, n=8, seed=seed)
+    print(f"latent max abs difference {np.abs(ort.latents - ref.latents).max():.2e}")
+    assert (ort.samples == ref.samples).mean() >= 0.999
+
+
+def test_device_path_matches_the_cpu_path(amb_model, rng):
+    image = make_ambiguous_case(amb_model.config.image_size, int(rng.integers(10 ** 6))).image
+    seed = int(rng.integers(2 ** 63))
+    cpu = Segmenter(amb_model, backend="torch", device="cpu").sample(image, n=2, steps=3, seed=seed)
+    device = Segmenter(amb_model, backend="torch", device="cpu", kernels=True).sample(image, n=2, steps=3, seed=seed)
+    assert np.abs(device.latents - cpu.latents).max() <= 1e-4
+
+
+def test_training_resumes_exactly(tmp_path):
+    cfg = get_config("amb_small")
+    settings = TrainSettings(steps=4, batch_size=2, lr=1e-3, clip_grad=1.0, checkpoint_every=2)
+    data = build_dataset(cfg, "synthetic")
+    straight = Trainer(cfg, settings, "cpu")
+    straight.fit(data, tmp_path / "straight.pt", progress=False)
+    first = Trainer(cfg, TrainSettings(**{**settings.__dict__, "steps": 2}), "cpu")
+    first.fit(data, tmp_path / "half.pt", progress=False)
+    resumed = Trainer.resume(tmp_path / "half.pt", settings, "cpu")
+    resumed.fit(data, tmp_path / "resumed.pt", progress=False)
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert load_model(tmp_path / "resumed.pt").config == cfg
+
+
+def test_family_specific_data_errors():
+    from ldseg_rt.errors import DatasetError
+    with pytest.raises(DatasetError, match="trains on --data synthetic"):
+        build_dataset(get_config("amb_small"), "some/folder", "labels")
