@@ -24,6 +24,7 @@ setup(
         "ldseg_rt",
         "ldseg_rt.models",
         "ldseg_rt.backends",
+        "ldseg_rt.bench",
         "ldseg_rt.kernels",
         "ldseg_rt.export",
     ],

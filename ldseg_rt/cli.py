@@ -1,4 +1,5 @@
-"""Command line: `python -m ldseg_rt demo` and `python -m ldseg_rt info NAME.ldseg`."""
+"""Command line: `python -m ldseg_rt demo`, `python -m ldseg_rt info NAME.ldseg` and
+`python -m ldseg_rt bench` (the end-to-end benchmark, ldseg_rt.bench)."""
 from __future__ import annotations
 
 import argparse
@@ -99,5 +100,10 @@ def main(argv=None) -> None:
     info = sub.add_parser("info", help="describe an exported bundle (NAME.ldseg) after verifying it")
     info.add_argument("bundle")
     info.set_defaults(run=run_info)
+    from . import bench as bench_harness
+    bench = bench_harness.add_arguments(sub.add_parser(
+        "bench", help="benchmark sample() per configuration, n, backend and precision against eager PyTorch; "
+                      "print the table, rewrite benchmarks/RESULTS.md's bench section and results.json"))
+    bench.set_defaults(run=bench_harness.run)
     args = parser.parse_args(argv)
     args.run(args)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 import numbers
 import secrets
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .aggregate import aggregate, resize_probs
-from .backends import create_backend
+from .backends import NEEDS_BUNDLE, create_backend
 from .bundle import is_bundle, load_bundle
 from .checkpoint import load_model
 from .configs import get_config
@@ -81,8 +83,19 @@ class Segmenter:
     @classmethod
     def from_config(cls, name: str, seed: int = 0, backend: str = "auto", device="auto",
                     precision: str = "auto", **backend_options) -> "Segmenter":
-        """A model of a named configuration with random (Keras-initialised) weights."""
-        return cls(build_model(get_config(name), seed), backend, device, precision, **backend_options)
+        """A model of a named configuration with random weights (the originals' initialisers),
+        on any backend: one that runs bundles gets the model exported to a temporary bundle,
+        removed with the Segmenter."""
+        model = build_model(get_config(name), seed)
+        if backend not in NEEDS_BUNDLE:
+            return cls(model, backend, device, precision, **backend_options)
+        from .export import export_bundle
+        folder = tempfile.TemporaryDirectory(prefix="ldseg_rt-")
+        bundle = export_bundle(model, Path(folder.name) / f"{name}.ldseg", source=f"from_config({name!r}, seed={seed})",
+                               check_batches=(1,), progress=False)
+        segmenter = cls(bundle.path, backend, device, precision, **backend_options)
+        segmenter._bundle_folder = folder  # lives as long as the Segmenter
+        return segmenter
 
     @property
     def backend_name(self) -> str:

@@ -1,4 +1,7 @@
 """The onnxruntime backend against the torch backend, and what backend="auto" picks."""
+import gc
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +79,17 @@ def test_unavailable_precision_is_named(builtin_bundle):
 def test_missing_bundle_is_a_clear_error(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         Segmenter(tmp_path / "absent.ldseg")
+
+
+def test_from_config_exports_for_backends_that_need_a_bundle(rng):
+    image = rng.random((64, 80), dtype=np.float32)
+    seed = int(rng.integers(2 ** 63))
+    ort_seg = Segmenter.from_config("small", seed=4, backend="onnxruntime", device="cpu")
+    folder = Path(ort_seg._bundle_folder.name)
+    assert ort_seg.backend_name == "onnxruntime" and folder.is_dir()
+    a = ort_seg.sample(image, n=3, steps=4, seed=seed)
+    b = Segmenter.from_config("small", seed=4, backend="torch", device="cpu").sample(image, n=3, steps=4, seed=seed)
+    assert np.abs(a.latents - b.latents).max() < 1e-4 and (a.samples == b.samples).mean() >= 0.999
+    del ort_seg
+    gc.collect()
+    assert not folder.exists()  # the temporary bundle went with the Segmenter
