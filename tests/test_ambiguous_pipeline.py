@@ -1,5 +1,7 @@
 """The pixel-space family end to end: Segmenter, the shared sampler, export, onnxruntime,
 the device path and training."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -19,13 +21,16 @@ from ldseg_rt.train import Trainer, TrainSettings
 from ldseg_rt.training_data import build_dataset
 
 
-@pytest.fixture(scope="module", params=["x", "eps"])
-def amb_model(request):
-    import dataclasses
-    cfg = dataclasses.replace(get_config("amb_small"), prediction=request.param)
+def _model(prediction: str) -> AmbiguousModel:
+    cfg = dataclasses.replace(get_config("amb_small"), prediction=prediction)
     model = AmbiguousModel.from_config(cfg, seed=2)
     perturbed(model.denoiser, seed=5, scale=0.5)  # zero-initialised heads would output 0
     return model.eval()
+
+
+@pytest.fixture(scope="module", params=["x", "eps"])
+def amb_model(request):
+    return _model(request.param)
 
 
 def test_samples_follow_the_float64_oracle(amb_model, rng):
@@ -59,7 +64,8 @@ def test_export_and_onnxruntime_give_the_same_samples(amb_model, tmp_path, rng):
     assert (ort.samples == ref.samples).mean() >= 0.999
 
 
-def test_device_path_matches_the_cpu_path(amb_model, rng):
+def test_device_path_matches_the_cpu_path(rng):
+    amb_model = _model("x")  # one parameterisation: the interpreter is slow
     image = make_ambiguous_case(amb_model.config.image_size, int(rng.integers(10 ** 6))).image
     seed = int(rng.integers(2 ** 63))
     cpu = Segmenter(amb_model, backend="torch", device="cpu").sample(image, n=2, steps=3, seed=seed)
