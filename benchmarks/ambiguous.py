@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ldseg_rt import Segmenter
 from ldseg_rt.checkpoint import load_checkpoint, save_inference_checkpoint
 from ldseg_rt.configs import get_config
-from ldseg_rt.metrics import ged, hm_iou
+from ldseg_rt.distribution_evaluation import score_samples
 from ldseg_rt.preprocess import prepare
 from ldseg_rt.synthetic_ambiguous import AmbiguousDataset
 from ldseg_rt.train import Trainer, TrainSettings
@@ -78,7 +78,7 @@ def _deterministic_masks(model, image: np.ndarray, n: int) -> np.ndarray:
 
 def evaluate(args) -> None:
     cases = AmbiguousDataset.evaluation(BASE.image_size, count=args.images, annotators=args.annotators)
-    samplers = {"oracle (true distribution)": lambda case, image, k: case.sample(args.n, k)}
+    samplers = {"oracle (true distribution)": lambda case, k: case.sample(args.n, k)}
     for variant in VARIANTS:
         path = args.out_dir / f"{variant}.pt"
         if not path.is_file():
@@ -86,21 +86,11 @@ def evaluate(args) -> None:
             continue
         if variant == "deterministic":
             model = load_checkpoint(path)
-            samplers["deterministic U-Net"] = lambda case, image, k, m=model: _deterministic_masks(m, image, args.n)
+            samplers["deterministic U-Net"] = lambda case, k, m=model: _deterministic_masks(m, case.image, args.n)
         else:
             seg = Segmenter(path, backend="torch", device="cpu")
-            samplers[variant] = lambda case, image, k, seg=seg: seg.sample(image, n=args.n, seed=k).samples
-    rows = {}
-    for name, draw in samplers.items():
-        scores = []
-        for k in tqdm(range(len(cases)), desc=name, unit="image"):
-            case = cases.case(k)
-            annotations = case.annotations(args.annotators, case.seed)
-            samples = draw(case, case.image, k)
-            scores.append((ged(samples, annotations), hm_iou(samples, annotations)))
-        scores = np.array(scores)
-        rows[name] = {"ged": float(scores[:, 0].mean()), "hm_iou": float(scores[:, 1].mean()),
-                      "ged_sem": float(scores[:, 0].std(ddof=1) / np.sqrt(len(scores)))}
+            samplers[variant] = lambda case, k, seg=seg: seg.sample(case.image, n=args.n, seed=k).samples
+    rows = {name: score_samples(draw, cases, desc=name).mean() for name, draw in samplers.items()}
     print(f"\n{args.images} held-out synthetic cases, N={args.n} samples vs M={args.annotators} annotations")
     print(f"{'model':<28}{'GED (lower better)':>22}{'HM-IoU (higher better)':>26}")
     for name, r in rows.items():

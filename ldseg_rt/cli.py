@@ -1,4 +1,5 @@
-"""Command line: `python -m ldseg_rt demo`, `python -m ldseg_rt info NAME.ldseg` and
+"""Command line: `python -m ldseg_rt demo`, `python -m ldseg_rt evaluate MODEL` (held-out
+synthetic data of the model's family), `python -m ldseg_rt info NAME.ldseg` and
 `python -m ldseg_rt bench` (the end-to-end benchmark, ldseg_rt.bench)."""
 from __future__ import annotations
 
@@ -77,6 +78,33 @@ def describe_bundle(bundle) -> str:
     return "\n".join(lines)
 
 
+def run_evaluate(args) -> None:
+    """Scores a model on held-out synthetic data of its family: Dice of the consensus on
+    phantoms (LDSeg), or GED / HM-IoU / NCC against annotation sets (pixel-space family)."""
+    from . import Segmenter
+    from .errors import LdsegError
+
+    try:
+        seg = Segmenter(args.model)
+    except LdsegError as e:
+        sys.exit(f"error: {e}")
+    cfg = seg.config
+    if cfg.family == "ambiguous":
+        from .distribution_evaluation import evaluate_segmenter
+        from .synthetic_ambiguous import AmbiguousDataset
+        cases = AmbiguousDataset.evaluation(cfg.image_size, count=args.images, annotators=args.annotators)
+        print(f"{args.model}: {args.images} held-out ambiguous cases, N={args.n} samples vs "
+              f"M={args.annotators} annotations")
+        print(evaluate_segmenter(seg, cases, n=args.n).summary())
+        return
+    from .evaluation import evaluate
+    from .synthetic import make_phantom
+    examples = (make_phantom(cfg.image_size, args.first_seed + i, cfg.in_channels) for i in range(args.images))
+    print(f"{args.model}: {args.images} held-out phantoms, seeds {args.first_seed}.."
+          f"{args.first_seed + args.images - 1}, n={args.n}")
+    print(evaluate(seg, examples, n=args.n, seed=args.first_seed).summary())
+
+
 def run_info(args) -> None:
     from .bundle import load_bundle
     from .errors import LdsegError
@@ -97,6 +125,14 @@ def main(argv=None) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="ldseg_demo.png", help="where to write the figure (PNG)")
     demo.set_defaults(run=run_demo)
+    evaluation = sub.add_parser("evaluate", help="score a model on held-out synthetic data of its family")
+    evaluation.add_argument("model", help="bundle, checkpoint or builtin:NAME")
+    evaluation.add_argument("--images", type=int, default=100)
+    evaluation.add_argument("-n", type=int, default=16, help="samples per image")
+    evaluation.add_argument("--annotators", type=int, default=4, help="annotations per case (pixel-space family)")
+    evaluation.add_argument("--first-seed", type=int, default=280_396_367,
+                            help="first phantom seed (LDSeg family; training uses seeds below 100,000)")
+    evaluation.set_defaults(run=run_evaluate)
     info = sub.add_parser("info", help="describe an exported bundle (NAME.ldseg) after verifying it")
     info.add_argument("bundle")
     info.set_defaults(run=run_info)

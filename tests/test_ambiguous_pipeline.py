@@ -92,3 +92,20 @@ def test_family_specific_data_errors():
     from ldseg_rt.errors import DatasetError
     with pytest.raises(DatasetError, match="trains on --data synthetic"):
         build_dataset(get_config("amb_small"), "some/folder", "labels")
+
+
+def test_evaluation_scores_each_case_against_its_annotations(amb_model, tmp_path, capsys):
+    from ldseg_rt.cli import main
+    from ldseg_rt.distribution_evaluation import score_samples
+    from ldseg_rt.metrics import ged, hm_iou
+    from ldseg_rt.synthetic_ambiguous import AmbiguousDataset
+    cases = AmbiguousDataset.evaluation(amb_model.config.image_size, count=3, annotators=4)
+    oracle = score_samples(lambda case, k: case.sample(5, k), cases, progress=False)
+    for k in range(3):
+        case = cases.case(k)
+        annotations = case.annotations(4, case.seed)
+        assert oracle.ged[k] == pytest.approx(ged(case.sample(5, k), annotations))
+        assert oracle.hm_iou[k] == pytest.approx(hm_iou(case.sample(5, k), annotations))
+    main(["evaluate", str(save_checkpoint(amb_model, tmp_path / "amb.pt")), "--images", "2", "-n", "3"])
+    printed = capsys.readouterr().out
+    assert "2 held-out ambiguous cases, N=3 samples vs M=4 annotations" in printed and "GED" in printed
