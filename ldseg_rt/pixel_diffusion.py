@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from .diffusion import PREDICTIONS, ddim_table, ddpm_table, to_x0_eps, v_from_x0_eps
+from .diffusion import PREDICTIONS, ddim_table, ddpm_table, v_from_x0_eps
 from .errors import InvalidArgumentError
 
 DEFAULT_INPUT_SCALE = 0.1
@@ -231,17 +231,6 @@ def _per_sample(c, like: torch.Tensor) -> torch.Tensor:
     """A per-sample coefficient (B,) shaped to broadcast over `like` (B, ...), in its dtype."""
     c = torch.as_tensor(c, device=like.device)
     return c.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def x_from_output(out, x_t, alpha, sigma, prediction: str):
-    """The x0 estimate implied by a model output (the original's get_predictions, unclipped):
-    'x' the output itself, 'eps' (x_t - sigma out) / alpha, 'v' alpha x_t - sigma out.
-    alpha and sigma must broadcast against x_t."""
-    if prediction not in PREDICTIONS:
-        raise InvalidArgumentError(f"unknown prediction type {prediction!r}; expected one of {PREDICTIONS}")
-    if prediction == "x":
-        return out
-    return to_x0_eps(out, x_t, alpha, sigma, prediction)[0]
 
 
 def training_target(x0: torch.Tensor, eps: torch.Tensor, t, b: float = DEFAULT_INPUT_SCALE,
