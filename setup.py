@@ -35,5 +35,5 @@ setup(
     python_requires=">=3.10",
     install_requires=["numpy", "torch", "tqdm", "pillow", "nibabel", "scipy", "matplotlib", "onnx",
                       "onnxruntime", "safetensors"],
-    extras_require={"tensorrt": ["tensorrt"]},
+    extras_require={"tensorrt": ["tensorrt"], "gpu": ["triton"]},
 )

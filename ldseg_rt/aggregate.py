@@ -2,11 +2,10 @@
 and normalised predictive entropy."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-
-from .kernels.aggregate import aggregate as aggregate_kernel
-from .kernels.aggregate import aggregate_reference
 
 
 def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -20,5 +19,14 @@ def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def aggregate(probs: torch.Tensor):
     """(n, C, H, W) per-sample probabilities -> samples (n, H, W) uint8, mean probs (C, H, W)
     float32, consensus mask (H, W) uint8, uncertainty (H, W) in [0, 1]: entropy / log C.
-    On a GPU one Triton pass does it all; elsewhere its plain torch reference."""
-    return (aggregate_kernel if probs.is_cuda else aggregate_reference)(probs)
+    On a GPU one Triton pass does it all (imported only then: the CPU needs no triton)."""
+    if probs.is_cuda:
+        from .kernels.aggregate import aggregate as fused
+        return fused(probs)
+    probs = probs.float()
+    samples = probs.argmax(dim=1).to(torch.uint8)
+    mean = probs.mean(dim=0)
+    mask = mean.argmax(dim=0).to(torch.uint8)
+    entropy = -(mean * torch.log(mean.clamp_min(1e-12))).sum(dim=0)
+    uncertainty = (entropy / math.log(probs.shape[1])).clamp(0.0, 1.0)
+    return samples, mean, mask, uncertainty

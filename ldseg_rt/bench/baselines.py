@@ -37,9 +37,8 @@ def _loop(model, condition: torch.Tensor, seed: int, samples, plan: SamplingPlan
 
 
 def _finish(probs: torch.Tensor, size) -> tuple[np.ndarray, np.ndarray]:
-    from ..aggregate import resize_probs
-    from ..kernels.aggregate import aggregate_reference
-    samples, mean, mask, uncertainty = aggregate_reference(resize_probs(probs.float(), size))
+    from ..aggregate import aggregate, resize_probs
+    samples, mean, mask, uncertainty = aggregate(resize_probs(probs.float(), size))
     return samples.cpu().numpy(), mask.cpu().numpy()
 
 
