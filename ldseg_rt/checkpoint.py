@@ -14,7 +14,9 @@ from .atomic import replacing
 from .bundle import Bundle, is_bundle, load_bundle
 from .configs import config_from_dict
 from .errors import ConfigError, ModelLoadError
-from .models import MODELS, LDSeg, build_model
+from torch import nn
+
+from .models import MODELS, build_model
 
 FORMAT = "ldseg_rt.checkpoint"
 VERSION = 1
@@ -22,7 +24,7 @@ BUILTIN_DIR = Path(__file__).parent / "builtin"
 TRAINING_ONLY = "label_encoder."  # weights sampling never uses
 
 
-def save_checkpoint(model: LDSeg, path, **extra) -> Path:
+def save_checkpoint(model: nn.Module, path, **extra) -> Path:
     """Write the model and `extra` entries (tensors, numbers, strings) atomically."""
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, "family": model.config.family,
@@ -49,18 +51,18 @@ def read_checkpoint(path) -> dict:
     return payload
 
 
-def save_inference_checkpoint(model: LDSeg, path) -> Path:
+def save_inference_checkpoint(model: nn.Module, path) -> Path:
     """Only what sampling needs: no training state, no label encoder (built-in models)."""
     slim = {k: v for k, v in model.state_dict().items() if not k.startswith(TRAINING_ONLY)}
     return save_checkpoint(model, path, state_dict=slim)
 
 
-def load_checkpoint(path) -> LDSeg:
+def load_checkpoint(path) -> nn.Module:
     payload = read_checkpoint(path)
     return _with_weights(payload.get("config"), payload.get("family", "ldseg"), payload.get("state_dict"), str(path))
 
 
-def model_from_bundle(bundle: Bundle) -> LDSeg:
+def model_from_bundle(bundle: Bundle) -> nn.Module:
     """The PyTorch model of an exported bundle (its verified weights.safetensors)."""
     try:
         weights = safetensors.torch.load(bundle.read("weights.safetensors"))
@@ -88,8 +90,8 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in BUILTIN_DIR.glob("*.pt"))
 
 
-def load_model(engine) -> LDSeg:
-    """An in-memory LDSeg, a checkpoint path, a bundle folder, or `builtin:NAME`."""
+def load_model(engine) -> nn.Module:
+    """A model of either family (LDSeg, AmbiguousModel) in memory, a checkpoint path, a bundle folder, or `builtin:NAME`."""
     if isinstance(engine, tuple(MODELS.values())):
         return engine.eval()
     if isinstance(engine, Bundle):
@@ -103,5 +105,5 @@ def load_model(engine) -> LDSeg:
         return model_from_bundle(load_bundle(engine))
     if isinstance(engine, (str, os.PathLike)):
         return load_checkpoint(engine)
-    raise ModelLoadError(f"cannot load a model from {type(engine).__name__}; pass an LDSeg module, "
+    raise ModelLoadError(f"cannot load a model from {type(engine).__name__}; pass a model (LDSeg or AmbiguousModel), "
                          "a checkpoint path, a bundle folder or 'builtin:NAME'")

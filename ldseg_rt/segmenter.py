@@ -67,8 +67,8 @@ class _Stopwatch:
 class Segmenter:
     """`Segmenter(engine).sample(img, n=16)`.
 
-    engine: an exported bundle (NAME.ldseg), 'builtin:NAME', a checkpoint path or an LDSeg
-    module. backend: 'auto', 'torch', 'onnxruntime' or 'tensorrt' (the last two run
+    engine: an exported bundle (NAME.ldseg), 'builtin:NAME', a checkpoint path or a model
+    module (LDSeg or AmbiguousModel). backend: 'auto', 'torch', 'onnxruntime' or 'tensorrt' (the last two run
     bundles; see ldseg_rt.backends for what 'auto' picks). device: 'auto', 'cpu' or
     'cuda[:N]'. precision: 'auto' or one the backend offers ('fp32'; 'fp16' on TensorRT;
     'fp16', 'bf16' with torch on CUDA). backend_options: torch's `kernels` and `cuda_graphs`

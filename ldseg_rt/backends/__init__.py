@@ -4,7 +4,7 @@ Every backend has the same face (base.Backend), on float32 numpy arrays (NCHW):
     encode(images) -> z_i        denoise(z_t, z_i, t) -> model output        decode(z) -> probs
 and says what it is: `name`, `precision`, `device`, `config`.
 
-What each runs: torch, any model (a bundle's weights, a checkpoint, an LDSeg module);
+What each runs: torch, any model (a bundle's weights, a checkpoint, a model in memory);
 onnxruntime and tensorrt, a bundle's ONNX graphs. "auto" picks tensorrt when a CUDA GPU and
 TensorRT are present and the engine is a bundle, else torch on the GPU, else onnxruntime for
 a bundle and torch for anything else (which has no graphs to run).
@@ -52,7 +52,7 @@ def choose_backend(source, device: torch.device) -> str:
 
 
 def create_backend(name: str, source, device="auto", precision: str = "auto", **options):
-    """Build the named backend for `source`, an LDSeg module or a loaded Bundle. options go to
+    """Build the named backend for `source`, a model of either family or a loaded Bundle. options go to
     the backend (torch: kernels, cuda_graphs)."""
     if name not in BACKENDS + ("auto",):
         raise BackendError(f"unknown backend {name!r}; available: {', '.join(('auto',) + BACKENDS)}")

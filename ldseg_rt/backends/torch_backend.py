@@ -1,4 +1,4 @@
-"""The PyTorch backend: the LDSeg modules, without gradients.
+"""The PyTorch backend: the model's modules (either family), without gradients.
 
 On the CPU they run eagerly in fp32 and the C++ sampler drives the loop. On CUDA (SPEC
 section 5) the Triton kernels replace attention and GroupNorm+SiLU, the step math and noise
@@ -12,9 +12,9 @@ import contextlib
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import BackendError
-from ..models import LDSeg
 from ..sampling_plan import SamplingPlan
 from .base import Backend
 
@@ -24,7 +24,7 @@ GPU_PRECISIONS = ("fp16", "bf16")
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model: LDSeg, device: torch.device, precision: str = "fp32", kernels: bool | None = None,
+    def __init__(self, model: nn.Module, device: torch.device, precision: str = "fp32", kernels: bool | None = None,
                  cuda_graphs: bool | None = None):
         """kernels, cuda_graphs: None means on CUDA, off elsewhere (kernels=True also works on
         the CPU under TRITON_INTERPRET=1, which is how the tests check this path)."""
