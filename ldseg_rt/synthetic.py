@@ -26,7 +26,7 @@ MIN_SIZE = 16
 
 
 @dataclass(frozen=True)
-class _Blob:
+class Blob:
     """A deformed ellipse. In its own frame, u along `axis` in units of `a` and v across it in
     units of `b`, the outline sits at radius 1 + sum_k coef[k] . (cos kt, sin kt), k = 2, 3, ..."""
     centre: tuple[float, float]  # (y, x) in pixels
@@ -89,14 +89,14 @@ def _harmonics(rng, wobble: float, orders: int = 4) -> np.ndarray:
     return (coef * (wobble / np.sqrt((coef * coef).sum(1)).sum())).astype(np.float32)
 
 
-def _random_blob(rng, area: float, aspect: tuple[float, float], wobble: tuple[float, float]) -> _Blob:
+def random_blob(rng, area: float, aspect: tuple[float, float], wobble: tuple[float, float]) -> Blob:
     """A blob of about `area` pixels, randomly oriented, centred at the origin until placed."""
     q = rng.uniform(*aspect)
     a = math.sqrt(area / (math.pi * q))
-    return _Blob((0.0, 0.0), a, q * a, _direction(rng), _harmonics(rng, rng.uniform(*wobble)))
+    return Blob((0.0, 0.0), a, q * a, _direction(rng), _harmonics(rng, rng.uniform(*wobble)))
 
 
-def _smooth_noise(rng, shape: tuple[int, int], cell: float) -> np.ndarray:
+def smooth_noise(rng, shape: tuple[int, int], cell: float) -> np.ndarray:
     """Noise that varies over about `cell` pixels: a cubic B-spline through a coarse random grid,
     applied along each axis with a few multiply-adds (no FFT or BLAS, so bit-reproducible)."""
     grid = rng.standard_normal((int(shape[0] / cell) + 4, int(shape[1] / cell) + 4), dtype=np.float32)
@@ -119,7 +119,7 @@ def _grey(rng, others: list[float], gap: float = 0.07) -> float:
             return grey
 
 
-def _inside(rng, body: _Blob, reach: float, shape: tuple[int, int], margin: float) -> tuple[float, float]:
+def _inside(rng, body: Blob, reach: float, shape: tuple[int, int], margin: float) -> tuple[float, float]:
     """A random centre for a blob of this reach: within the body's ellipse shrunk by the reach, and
     at least reach + margin from the frame's edges."""
     u, v = _direction(rng)
@@ -129,7 +129,7 @@ def _inside(rng, body: _Blob, reach: float, shape: tuple[int, int], margin: floa
     return min(max(y, lo), shape[0] - lo), min(max(x, lo), shape[1] - lo)
 
 
-def _nested(rng, organ: _Blob, area: float) -> _Blob:
+def _nested(rng, organ: Blob, area: float) -> Blob:
     """A blob inside the organ, aligned with it, of about `area` pixels."""
     q = rng.uniform(0.8, 1.0)
     k = min(math.sqrt(area / organ.area / q), 0.65)  # the cap matters only where the frame limited the organ
@@ -137,14 +137,14 @@ def _nested(rng, organ: _Blob, area: float) -> _Blob:
     room = max(1 - organ.wobble - k * (1 + wobble), 0.0)  # free radius for the centre, in organ units
     u, v = _direction(rng)
     r = room * math.sqrt(rng.uniform())
-    return _Blob(organ.to_pixels(r * u, r * v), k * organ.a, k * q * organ.b, organ.axis,
+    return Blob(organ.to_pixels(r * u, r * v), k * organ.a, k * q * organ.b, organ.axis,
                  _harmonics(rng, wobble))
 
 
-def _adjacent(rng, organ: _Blob, area: float, body: _Blob, shape: tuple[int, int], margin: float) -> _Blob | None:
+def _adjacent(rng, organ: Blob, area: float, body: Blob, shape: tuple[int, int], margin: float) -> Blob | None:
     """A blob straddling the organ's outline, inside the body and the frame, or None if a few
     random directions found no room."""
-    blob = _random_blob(rng, area, (0.5, 1.0), (0.03, 0.12))
+    blob = random_blob(rng, area, (0.5, 1.0), (0.03, 0.12))
     for _ in range(8):
         u, v = _direction(rng)
         radius = float(_outline(organ.coef, u, v))
@@ -161,7 +161,7 @@ def _adjacent(rng, organ: _Blob, area: float, body: _Blob, shape: tuple[int, int
     return None
 
 
-def _paint(image, texture, blob: _Blob, colour, grain: float, edge: float, label=None, cls: int = 0):
+def _paint(image, texture, blob: Blob, colour, grain: float, edge: float, label=None, cls: int = 0):
     """Lays a tissue over the image with a partial-volume ramp `edge` pixels wide at its outline,
     and marks its pixels (depth > 0, i.e. more than half covered) as `cls` in `label`."""
     (cy, cx), reach = blob.centre, blob.reach + edge
@@ -226,12 +226,12 @@ def make_phantom(size, seed: int, channels: int = 1) -> tuple[np.ndarray, np.nda
 
     # The body fills most of the frame, stretched with it, tilted a little.
     tilt = rng.uniform(-0.15, 0.15)
-    body = _Blob(centre=(h * rng.uniform(0.46, 0.54), w * rng.uniform(0.46, 0.54)),
+    body = Blob(centre=(h * rng.uniform(0.46, 0.54), w * rng.uniform(0.46, 0.54)),
                  a=w * rng.uniform(0.36, 0.46), b=h * rng.uniform(0.32, 0.44),
                  axis=(tilt / math.sqrt(1 + tilt * tilt), 1 / math.sqrt(1 + tilt * tilt)),
                  coef=_harmonics(rng, rng.uniform(0.02, 0.06)))
 
-    organ = _random_blob(rng, rng.uniform(0.08, 0.16) * pixels, (0.6, 1.0), (0.05, 0.2))
+    organ = random_blob(rng, rng.uniform(0.08, 0.16) * pixels, (0.6, 1.0), (0.05, 0.2))
     shrink = min(1.0, (0.38 * side - 1) / organ.reach)  # a very elongated frame cannot hold the full size
     organ = replace(organ, a=shrink * organ.a, b=shrink * organ.b)
     organ = replace(organ, centre=_inside(rng, body, organ.reach, shape, margin))
@@ -244,14 +244,14 @@ def make_phantom(size, seed: int, channels: int = 1) -> tuple[np.ndarray, np.nda
 
     distractor = None
     if rng.uniform() < 0.35:
-        blob = _random_blob(rng, rng.uniform(0.003, 0.012) * pixels, (0.5, 1.0), (0.05, 0.2))
+        blob = random_blob(rng, rng.uniform(0.003, 0.012) * pixels, (0.5, 1.0), (0.05, 0.2))
         for _ in range(8):  # somewhere in the body, clear of the labelled structures
             y, x = _inside(rng, body, blob.reach, shape, margin)
             if all(math.dist((y, x), s.centre) > s.reach + blob.reach + 0.02 * side for s in [organ, *structures]):
                 distractor = replace(blob, centre=(y, x))
                 break
 
-    texture = _smooth_noise(rng, shape, side / 8)
+    texture = smooth_noise(rng, shape, side / 8)
     image = np.empty((h, w, channels), np.float32)
     image[:] = colours["air"]
     label = np.zeros(shape, np.uint8)
@@ -262,7 +262,7 @@ def make_phantom(size, seed: int, channels: int = 1) -> tuple[np.ndarray, np.nda
     for blob in structures:
         _paint(image, texture, blob, colours["structure"], grains["structure"], edge, label, 2)
 
-    image *= (1 + rng.uniform(0.03, 0.15) * _smooth_noise(rng, shape, side / 1.5))[..., None]  # coil bias field
+    image *= (1 + rng.uniform(0.03, 0.15) * smooth_noise(rng, shape, side / 1.5))[..., None]  # coil bias field
     image += rng.uniform(0.01, 0.06) * rng.standard_normal(image.shape, dtype=np.float32)
     return (image[..., 0] if channels == 1 else image), label
 

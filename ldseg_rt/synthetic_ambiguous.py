@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .synthetic import MIN_SIZE, _Blob, _random_blob, _smooth_noise
+from .synthetic import MIN_SIZE, Blob, random_blob, smooth_noise
 
 DEFAULT_SIZE = 32
 TRAIN_SEEDS = range(0, 1_000_000)
@@ -108,12 +108,12 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _depth_map(blob: _Blob, size: int) -> np.ndarray:
+def _depth_map(blob: Blob, size: int) -> np.ndarray:
     coords = np.arange(size, dtype=np.float32)
     return blob.depth(coords[:, None], coords[None, :])
 
 
-def _place(rng, blob: _Blob, size: int, margin: float) -> _Blob:
+def _place(rng, blob: Blob, size: int, margin: float) -> Blob:
     """A random centre at least reach + margin from the edges (the blob shrunk to fit a small frame)."""
     room = size / 2 - margin - 1  # the largest reach - 1 that fits
     scale = min(1.0, room / (blob.reach - 1))
@@ -156,7 +156,7 @@ def make_ambiguous_case(size: int = DEFAULT_SIZE, seed: int = 0) -> AmbiguousCas
     gap = 2 * unit + 1  # pixels between the lesions' largest outlines
     blobs, depths = [], []
     for spec in specs:
-        blob = _random_blob(rng, spec["area"], (0.55, 1.0), (0.03, 0.2))
+        blob = random_blob(rng, spec["area"], (0.55, 1.0), (0.03, 0.2))
         for _ in range(40):
             placed = _place(rng, blob, size, margin)
             depth = _depth_map(placed, size)
@@ -168,11 +168,11 @@ def make_ambiguous_case(size: int = DEFAULT_SIZE, seed: int = 0) -> AmbiguousCas
 
     # The image: smooth background with texture and a bias field, lesions with blurred edges, noise.
     image = np.full((size, size), background, np.float32)
-    image += rng.uniform(0.03, 0.07) * _smooth_noise(rng, (size, size), size / 5)
+    image += rng.uniform(0.03, 0.07) * smooth_noise(rng, (size, size), size / 5)
     for spec, depth in zip(specs, depths):
         cover = np.clip(0.5 + depth / np.float32(spec["edge"]), 0, 1)
         image += np.float32(spec["contrast"]) * cover
-    image *= 1 + rng.uniform(0.02, 0.08) * _smooth_noise(rng, (size, size), size / 1.5)
+    image *= 1 + rng.uniform(0.02, 0.08) * smooth_noise(rng, (size, size), size / 1.5)
     image += noise_sd * rng.standard_normal((size, size), dtype=np.float32)
     image = np.clip(image, 0, 1).astype(np.float32)
 
