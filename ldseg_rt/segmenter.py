@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .aggregate import aggregate, resize_probs
+from .aggregate import Aggregator
 from .backends import NEEDS_BUNDLE, create_backend
 from .bundle import is_bundle, load_bundle
 from .checkpoint import load_model
@@ -136,22 +136,24 @@ class Segmenter:
             z_i = self.backend.encode(np.stack([p.pixels for p in prepared]))
         with clock.stage("sample"):
             latents = self.backend.sample_latents(z_i, seeds, n, sampling_plan(self.config, steps, float(eta)))
-        results = []
+        results, chunk = [], self.backend.decode_batch or n
         for i, (p, s) in enumerate(zip(prepared, seeds)):
-            own = latents[i * n:(i + 1) * n]
-            with clock.stage("decode"):
-                probs = self.backend.decode(own)
+            own, aggregator = latents[i * n:(i + 1) * n], Aggregator(p.size)
+            for start in range(0, n, chunk):
+                with clock.stage("decode"):
+                    probs = self.backend.decode(own[start:start + chunk])
+                with clock.stage("postprocess"):
+                    aggregator.add(torch.from_numpy(probs))
             with clock.stage("postprocess"):
-                results.append(self._result(p, probs, own, s))
+                results.append(self._result(p, aggregator, own, s))
         clock.ms["total"] = (time.perf_counter() - total) * 1e3
         for r in results:
             r.timings = dict(clock.ms)
         return results
 
     @staticmethod
-    def _result(p: Prepared, probs: np.ndarray, latents: np.ndarray, seed: int) -> SampleResult:
-        samples, mean, mask, uncertainty = aggregate(resize_probs(torch.from_numpy(probs), p.size))
-        outputs = (samples, mean, mask, uncertainty)
+    def _result(p: Prepared, aggregator: Aggregator, latents: np.ndarray, seed: int) -> SampleResult:
+        outputs = aggregator.result()
         if p.device is None:
             outputs = tuple(o.numpy() for o in outputs)
         else:

@@ -121,3 +121,16 @@ def test_glas512_end_to_end_rgb(rng):
     res = seg.sample(img, n=2, steps=2, seed=3)
     assert res.samples.shape == (2, 100, 77) and res.probs.shape == (2, 100, 77)
     assert res.latents.shape == (2, 1, 32, 32)
+
+
+def test_decoding_in_chunks_equals_decoding_all_at_once(small_model, rng, monkeypatch):
+    """The CPU decodes a few samples per call and aggregates as it goes; n=7 in chunks of
+    3, 3 and 1 gives what decoding the 7 latents at once and aggregating in float64 gives."""
+    import ldseg_rt.backends.base as base
+    monkeypatch.setattr(base, "CPU_DECODE_BATCH", 3)
+    seg = Segmenter(small_model, backend="torch", device="cpu")
+    res = seg.sample(image(rng, 128, 128), n=7, steps=3, seed=int(rng.integers(2 ** 63)))
+    with torch.no_grad():
+        probs = small_model.decoder(torch.from_numpy(res.latents)).numpy().astype(np.float64)
+    assert np.array_equal(res.samples, probs.argmax(1))
+    np.testing.assert_allclose(res.probs, probs.mean(0), atol=1e-6)

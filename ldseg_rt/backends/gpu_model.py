@@ -15,7 +15,7 @@ from torch import nn
 
 from ..kernels.attention import attention
 from ..kernels.groupnorm import group_norm
-from ..models.layers import GroupNormSiLU, SelfAttention, TimeEmbedding
+from ..models.layers import GroupNormSiLU, TimeEmbedding
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FP32_MODULES = (nn.GroupNorm, nn.BatchNorm2d, nn.LayerNorm, TimeEmbedding)
@@ -44,7 +44,7 @@ def gpu_model(model: nn.Module, device: torch.device, precision: str, kernels: b
             for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
                 if tensor.is_floating_point():
                     tensor.data = tensor.data.to(DTYPES[precision])
-        if kernels and isinstance(module, SelfAttention):
+        if kernels and hasattr(module, "attend"):  # either family's attention layer
             module.attend = attention
     if kernels:
         for parent in list(model.modules()):
