@@ -13,6 +13,7 @@ import torch
 from ldseg_rt.errors import ExportError
 
 from .chunked_attention import with_chunked_attention
+from .cropped_conv_transpose import with_cropped_conv_transposes
 
 OPSET = 18
 BATCH = "batch"
@@ -52,8 +53,9 @@ def random_inputs(inputs: dict[str, list], batch: int, rng: np.random.Generator,
 def to_onnx(module: torch.nn.Module, inputs: dict[str, list], outputs: dict[str, list],
             t_max: float) -> bytes:
     """Trace the module at batch 2 and return the ONNX graph, batch axis dynamic, checked;
-    attention goes in by blocks of queries (export/chunked_attention.py)."""
-    module = with_chunked_attention(module)
+    attention goes in by blocks of queries and transposed convolutions without a crop (the
+    modules in this folder say why)."""
+    module = with_cropped_conv_transposes(with_chunked_attention(module))
     example = random_inputs(inputs, 2, np.random.default_rng(0), t_max)
     buffer = io.BytesIO()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():

@@ -106,4 +106,15 @@ def test_cli_bench_writes_json_and_markdown(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "latency ms" in printed
     if not torch.cuda.is_available():
-        assert "skipped torch fp16: needs a CUDA GPU" in printed
+        assert "skipped torch fp16: precision 'fp16' with backend 'torch' needs a CUDA device" in printed
+
+
+def test_largest_activation_set_by_hand(small_model):
+    """small: the widest full-resolution layer is the decoder's last 16-channel 128x128 stage,
+    whose 1x1 shortcut holds input and output (each batch x 16 x 128 x 128 float32) at once."""
+    from ldseg_rt.bench.activations import largest_activation_bytes
+    cfg = small_model.config
+    one_sample = 2 * cfg.decoder_widths[-1] * cfg.image_size ** 2 * 4
+    for n, decode_batch, batch in ((16, 4, 4), (16, None, 16), (3, 4, 3)):
+        size, where = largest_activation_bytes(small_model, n, decode_batch)
+        assert size == batch * one_sample and where.startswith("decoder.")

@@ -12,7 +12,7 @@ import torch
 
 from ..kernels.diffusion_step import diffusion_step, initial_noise
 from ..sampling_plan import SamplingPlan
-from .gpu_model import autocast
+from .precision import autocast
 
 MAX_GRAPHS = 8  # captured loops kept, least recently used dropped
 

@@ -1,24 +1,15 @@
-"""The LDSeg modules made ready for the GPU: the Triton kernels in place of attention and
-GroupNorm(+SiLU), and fp16/bf16 weights with the norms and the time embedding kept in fp32.
-
-The caller's model is never changed: this works on a copy. Reduced precision runs under
-torch.autocast, which feeds each layer in the dtype it wants (norms in fp32, matmuls and
-convolutions in fp16/bf16); the Triton kernels take any of those dtypes and keep their own
-statistics and accumulators in fp32.
-"""
+"""The modules made ready for the GPU: the Triton kernels in place of attention and
+GroupNorm(+SiLU), on a copy in the requested precision (backends/precision.py); the Triton
+kernels take fp32, fp16 or bf16 and keep their own statistics and accumulators in fp32."""
 from __future__ import annotations
-
-import copy
 
 import torch
 from torch import nn
 
 from ..kernels.attention import attention
 from ..kernels.groupnorm import group_norm
-from ..models.layers import GroupNormSiLU, TimeEmbedding
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FP32_MODULES = (nn.GroupNorm, nn.BatchNorm2d, nn.LayerNorm, TimeEmbedding)
+from ..models.layers import GroupNormSiLU
+from .precision import cast_model
 
 
 class TritonGroupNorm(nn.Module):
@@ -36,24 +27,13 @@ class TritonGroupNorm(nn.Module):
 
 def gpu_model(model: nn.Module, device: torch.device, precision: str, kernels: bool) -> nn.Module:
     """A copy of `model` on `device` in `precision`, with the Triton kernels when `kernels`."""
-    if precision not in DTYPES:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(DTYPES)}")
-    model = copy.deepcopy(model).to(device).eval()
-    for module in model.modules():
-        if not isinstance(module, FP32_MODULES):  # their weights and buffers stay fp32
-            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
-                if tensor.is_floating_point():
-                    tensor.data = tensor.data.to(DTYPES[precision])
-        if kernels and hasattr(module, "attend"):  # either family's attention layer
-            module.attend = attention
+    model = cast_model(model, device, precision)
     if kernels:
+        for module in model.modules():
+            if hasattr(module, "attend"):  # either family's attention layer
+                module.attend = attention
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.GroupNorm):
                     setattr(parent, name, TritonGroupNorm(child))
     return model
-
-
-def autocast(device: torch.device, precision: str):
-    """The context the copy runs under: autocast to the precision, or nothing for fp32."""
-    return torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32", cache_enabled=False)

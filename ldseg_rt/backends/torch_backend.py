@@ -1,10 +1,10 @@
 """The PyTorch backend: the model's modules (either family), without gradients.
 
-On the CPU they run eagerly in fp32 and the C++ sampler drives the loop. On CUDA (SPEC
-section 5) the Triton kernels replace attention and GroupNorm+SiLU, the step math and noise
-run in the Triton step kernel, the K-step loop is captured in one CUDA graph, and fp16/bf16
-weights are available with the norms in fp32. `kernels=False` and `cuda_graphs=False` turn
-those off, for comparison.
+On the CPU they run eagerly in fp32, or in bf16 on CPUs with AVX-512 bf16 (norms in fp32,
+channels_last), and the C++ sampler drives the loop. On CUDA (SPEC section 5) the Triton
+kernels replace attention and GroupNorm+SiLU, the step math and noise run in the Triton step
+kernel, the K-step loop is captured in one CUDA graph, and fp16/bf16 weights are available
+with the norms in fp32. `kernels=False` and `cuda_graphs=False` turn those off, for comparison.
 """
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BackendError
 from ..sampling_plan import SamplingPlan
 from .base import Backend
-
-GPU_PRECISIONS = ("fp16", "bf16")
+from .precision import autocast, cast_model, check_precision
 
 
 class TorchBackend(Backend):
@@ -29,20 +27,21 @@ class TorchBackend(Backend):
         """kernels, cuda_graphs: None means on CUDA, off elsewhere (kernels=True also works on
         the CPU under TRITON_INTERPRET=1, which is how the tests check this path)."""
         on_gpu = device.type == "cuda"
-        if precision in GPU_PRECISIONS and not on_gpu:
-            raise BackendError(f"precision {precision!r} with backend 'torch' needs a CUDA device; on the CPU "
-                               "use 'fp32'")
+        check_precision(precision, device)
         self.device, self.precision, self.config = device, precision, model.config
         self.kernels = on_gpu if kernels is None else kernels
         self.loop, self._autocast = None, contextlib.nullcontext
         if on_gpu or self.kernels:
             from .device_loop import DeviceLoop
-            from .gpu_model import autocast, gpu_model
+            from .gpu_model import gpu_model
             self.model = gpu_model(model, device, precision, self.kernels)
             self.loop = DeviceLoop(self.model.denoiser, device, precision, on_gpu if cuda_graphs is None else cuda_graphs)
-            self._autocast = lambda: autocast(device, precision)
+        elif precision != "fp32":
+            self.model = cast_model(model, device, precision)
         else:
             self.model = model.to(device).eval()
+        if precision != "fp32":
+            self._autocast = lambda: autocast(device, precision)
 
     def run(self, network: str, *arrays: np.ndarray) -> np.ndarray:
         with torch.inference_mode(), self._autocast():

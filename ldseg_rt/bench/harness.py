@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from ..backends import BACKENDS, PRECISIONS, resolve_device, tensorrt_available
+from ..backends.precision import check_precision
 from ..configs import get_config
+from ..errors import BackendError
 from ..models import build_model
 from ..sampling_plan import sampling_plan
 from .baselines import eager_batched, eager_per_sample
@@ -81,10 +83,11 @@ def plan_backends(device: torch.device, backends=None) -> tuple[list[tuple[str, 
         for precision in PRECISIONS[backend]:
             what = f"{backend} {precision}"
             if backend == "torch":
-                if precision != "fp32" and device.type != "cuda":
-                    skipped.append(f"{what}: needs a CUDA GPU (torch {precision} runs on CUDA only)")
-                else:
+                try:
+                    check_precision(precision, device)
                     runnable.append((backend, precision, device))
+                except BackendError as e:
+                    skipped.append(f"{what}: {e}")
             elif backend == "onnxruntime":
                 import onnxruntime
                 on_gpu = device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
