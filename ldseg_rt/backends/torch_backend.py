@@ -1,7 +1,7 @@
 """The PyTorch backend: the model's modules (either family), without gradients.
 
-On the CPU they run eagerly in fp32, or in bf16 on CPUs with AVX-512 bf16 (norms in fp32,
-channels_last), and the C++ sampler drives the loop. On CUDA (SPEC section 5) the Triton
+On the CPU they run eagerly on a channels_last copy in fp32, or in bf16 on CPUs with
+AVX-512 bf16 (norms in fp32), and the C++ sampler drives the loop. On CUDA (SPEC section 5) the Triton
 kernels replace attention and GroupNorm+SiLU, the step math and noise run in the Triton step
 kernel, the K-step loop is captured in one CUDA graph, and fp16/bf16 weights are available
 with the norms in fp32. `kernels=False` and `cuda_graphs=False` turn those off, for comparison.
@@ -16,7 +16,7 @@ from torch import nn
 
 from ..sampling_plan import SamplingPlan
 from .base import Backend
-from .precision import autocast, cast_model, check_precision
+from .precision import autocast, cast_model, check_precision, to_channels_last
 
 
 class TorchBackend(Backend):
@@ -36,10 +36,9 @@ class TorchBackend(Backend):
             from .gpu_model import gpu_model
             self.model = gpu_model(model, device, precision, self.kernels)
             self.loop = DeviceLoop(self.model.denoiser, device, precision, on_gpu if cuda_graphs is None else cuda_graphs)
-        elif precision != "fp32":
-            self.model = cast_model(model, device, precision)
         else:
-            self.model = model.to(device).eval()
+            self.model = cast_model(model, device, precision)
+            to_channels_last(self.model, everything=precision != "fp32")
         if precision != "fp32":
             self._autocast = lambda: autocast(device, precision)
 
