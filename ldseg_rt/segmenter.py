@@ -71,7 +71,8 @@ class Segmenter:
     module (LDSeg or AmbiguousModel). backend: 'auto', 'torch', 'onnxruntime' or 'tensorrt' (the last two run
     bundles; see ldseg_rt.backends for what 'auto' picks). device: 'auto', 'cpu' or
     'cuda[:N]'. precision: 'auto' or one the backend offers ('fp32'; 'fp16' on TensorRT;
-    'fp16', 'bf16' with torch on CUDA). backend_options: torch's `kernels` and `cuda_graphs`
+    'fp16', 'bf16' with torch on CUDA; 'bf16' with torch on CPUs with AVX-512 bf16 or
+    AMX). backend_options: torch's `kernels` and `cuda_graphs`
     (both on by default on CUDA; False turns the Triton kernels or the graph capture off).
     """
 
