@@ -175,18 +175,6 @@ CONFIGS = {
         label_encoder_widths=(16, 32, 32, 32),
         decoder_widths=(32, 32, 16),
     ),
-    # `small` with one downsampling fewer: a 32x32 latent keeps the thin class-2 structure of
-    # the phantoms, which a 16x16x1 latent cannot represent (autoencoder Dice ceiling 0.91).
-    "small32": LDSegConfig(
-        name="small32",
-        image_size=128,
-        in_channels=1,
-        num_classes=3,
-        image_encoder_widths=(16, 32),
-        image_encoder_attention=(False, False),  # 1024 tokens: attention too dear on a CPU
-        label_encoder_widths=(16, 32, 32),
-        decoder_widths=(32, 16),
-    ),
     "amb128": AmbiguousConfig(name="amb128"),
     "amb_small": AmbiguousConfig(name="amb_small", image_size=32, base_channels=16, channel_mults=(1, 2, 2),
                                  num_res_blocks=(1, 1, 1), num_middle_blocks=1, norm_groups=8),
