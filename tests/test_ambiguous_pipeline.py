@@ -17,6 +17,7 @@ from ldseg_rt.models import AmbiguousModel
 from ldseg_rt.pixel_diffusion import pixel_table
 from ldseg_rt.preprocess import prepare
 from ldseg_rt.synthetic_ambiguous import make_ambiguous_case
+from ldseg_rt.kernels.attention import attention as kernel_attention
 from ldseg_rt.train import Trainer, TrainSettings
 from ldseg_rt.training_data import build_dataset
 
@@ -69,7 +70,10 @@ def test_device_path_matches_the_cpu_path(rng):
     image = make_ambiguous_case(amb_model.config.image_size, int(rng.integers(10 ** 6))).image
     seed = int(rng.integers(2 ** 63))
     cpu = Segmenter(amb_model, backend="torch", device="cpu").sample(image, n=2, steps=3, seed=seed)
-    device = Segmenter(amb_model, backend="torch", device="cpu", kernels=True).sample(image, n=2, steps=3, seed=seed)
+    segmenter = Segmenter(amb_model, backend="torch", device="cpu", kernels=True)
+    attention = [m for m in segmenter.backend.model.modules() if hasattr(m, "attend")]
+    assert attention and all(m.attend is kernel_attention for m in attention)  # the Triton kernel runs here
+    device = segmenter.sample(image, n=2, steps=3, seed=seed)
     assert np.abs(device.latents - cpu.latents).max() <= 1e-4
 
 
