@@ -19,6 +19,15 @@ def image(rng, h, w):
     return rng.uniform(0, 255, size=(h, w)).astype(np.float32)
 
 
+def assert_class_maps_match(samples, probs, gap=1e-5):
+    """samples == argmax of probs wherever the top two classes are more than `gap` apart (the
+    backend's channels_last decoder may round near-ties the other way)."""
+    top = np.sort(probs, axis=1)
+    decided = top[:, -1] - top[:, -2] > gap
+    assert decided.mean() > 0.99
+    assert np.array_equal(samples[decided], probs.argmax(1)[decided])
+
+
 @pytest.mark.parametrize("h,w", [(128, 128), (37, 53), (300, 211)])
 def test_outputs_at_input_resolution(seg, rng, h, w):
     res = seg.sample(image(rng, h, w), n=3, steps=4, seed=int(rng.integers(2 ** 63)))
@@ -49,7 +58,7 @@ def test_pipeline_matches_model_and_float64_oracle(seg, small_model, rng):
         want = reference_sample(denoise, [seed], n, seg.config.latent_shape, ldseg_table(steps, eta))
         assert np.abs(res.latents - want).max() <= 1e-5 * np.abs(want).max()
         probs = small_model.decoder(torch.from_numpy(res.latents)).numpy().astype(np.float64)
-    assert np.array_equal(res.samples, probs.argmax(1))
+    assert_class_maps_match(res.samples, probs)
     np.testing.assert_allclose(res.probs, probs.mean(0), atol=1e-6)
 
 
@@ -132,5 +141,5 @@ def test_decoding_in_chunks_equals_decoding_all_at_once(small_model, rng, monkey
     res = seg.sample(image(rng, 128, 128), n=7, steps=3, seed=int(rng.integers(2 ** 63)))
     with torch.no_grad():
         probs = small_model.decoder(torch.from_numpy(res.latents)).numpy().astype(np.float64)
-    assert np.array_equal(res.samples, probs.argmax(1))
+    assert_class_maps_match(res.samples, probs)
     np.testing.assert_allclose(res.probs, probs.mean(0), atol=1e-6)
