@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .backends.torch_backend import TorchBackend
 from .checkpoint import load_model, save_inference_checkpoint
 from .errors import InvalidArgumentError
 from .sampling_plan import sampling_plan
+from .train import segmentation_terms
 from .training_data import build_dataset
 
 @dataclass
@@ -35,10 +35,8 @@ class CalibrationSettings:
 
 
 def segmentation_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """CE (probabilities clipped as Keras does) + 2 (1 - soft Dice), as in LDSeg training."""
-    onehot = F.one_hot(labels, probs.shape[1]).permute(0, 3, 1, 2).float()
-    ce = -(onehot * probs.clamp(1e-7, 1.0).log()).sum(1).mean()
-    dice = 2 * (onehot * probs).sum() / (onehot.sum() + probs.sum() + 1e-6)
+    """CE + 2 (1 - soft Dice): LDSeg's training loss without its denoiser term."""
+    ce, dice = segmentation_terms(probs, labels)
     return ce + 2 * (1 - dice)
 
 

@@ -48,6 +48,15 @@ class TrainSettings:
     clip_grad: float = 0.0  # max gradient norm; 0 is no clipping (the pixel-space original uses 1)
 
 
+def segmentation_terms(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LDSeg's segmentation terms of (B, C, H, W) probabilities against (B, H, W) class ids:
+    cross-entropy (probabilities clipped as Keras does) and the soft Dice over the batch."""
+    onehot = F.one_hot(labels, probs.shape[1]).permute(0, 3, 1, 2).float()
+    ce = -(onehot * probs.clamp(1e-7, 1.0).log()).sum(1).mean()
+    dice = 2 * (onehot * probs).sum() / (onehot.sum() + probs.sum() + 1e-6)
+    return ce, dice
+
+
 def ldseg_losses(model: LDSeg, images, labels, t, eps) -> dict:
     """The LDSeg objective for a batch, through all four networks."""
     cfg = model.config
@@ -57,10 +66,7 @@ def ldseg_losses(model: LDSeg, images, labels, t, eps) -> dict:
                          dtype=torch.float32, device=images.device)[:, None, None, None]
     z_t = ab.sqrt() * z_l + (1 - ab).sqrt() * eps
     eps_hat = model.denoiser(z_t, z_i, t.float())
-    probs = model.decoder(z_t - eps_hat)
-    onehot = F.one_hot(labels, cfg.num_classes).permute(0, 3, 1, 2).float()
-    ce = -(onehot * probs.clamp(1e-7, 1.0).log()).sum(1).mean()  # Keras clips probabilities
-    dice = 2 * (onehot * probs).sum() / (onehot.sum() + probs.sum() + 1e-6)
+    ce, dice = segmentation_terms(model.decoder(z_t - eps_hat), labels)
     mse = F.mse_loss(eps_hat, eps)
     return {"loss": ce + 2 * (1 - dice) + mse, "ce": ce, "dice": dice, "mse": mse}
 

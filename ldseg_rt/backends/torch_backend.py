@@ -1,10 +1,11 @@
 """The PyTorch backend: the model's modules (either family), without gradients.
 
 On the CPU they run eagerly on a channels_last copy in fp32, or in bf16 on CPUs with
-AVX-512 bf16 (norms in fp32), and the C++ sampler drives the loop. On CUDA (SPEC section 5) the Triton
-kernels replace attention and GroupNorm+SiLU, the step math and noise run in the Triton step
-kernel, the K-step loop is captured in one CUDA graph, and fp16/bf16 weights are available
-with the norms in fp32. `kernels=False` and `cuda_graphs=False` turn those off, for comparison.
+AVX-512 bf16 (norms in fp32), and the C++ sampler drives the loop. On CUDA (SPEC section 5)
+the Triton kernels replace attention and GroupNorm+SiLU, the step math and noise run in the
+Triton step kernel, the K-step loop is captured in one CUDA graph, and fp16/bf16 weights are
+available with the norms in fp32. `kernels=False` and `cuda_graphs=False` turn those off,
+for comparison.
 """
 from __future__ import annotations
 
