@@ -10,20 +10,18 @@ latents stay those sampling produces. Built-in model: RESULTS.md gives the Dice 
 """
 from __future__ import annotations
 
-import argparse
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import fine_tuning_cli
 from .backends.torch_backend import TorchBackend
-from .checkpoint import load_model, save_inference_checkpoint
 from .errors import InvalidArgumentError
 from .sampling_plan import sampling_plan
 from .train import segmentation_terms
-from .training_data import build_dataset
 
 @dataclass
 class CalibrationSettings:
@@ -79,20 +77,8 @@ def calibrate_decoder(model, dataset, settings: CalibrationSettings, progress: b
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ldseg_rt.decoder_calibration", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="LDSeg checkpoint, bundle or builtin:NAME")
-    parser.add_argument("--out", required=True, help="inference checkpoint to write")
-    parser.add_argument("--data", default="synthetic", help="as for python -m ldseg_rt.train")
-    parser.add_argument("--labels", help="folder of label maps matching --data by name")
-    parser.add_argument("--axis", type=int, default=2)
-    for name, value in asdict(CalibrationSettings()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
-    args = parser.parse_args(argv)
-    settings = CalibrationSettings(**{k: getattr(args, k) for k in asdict(CalibrationSettings())})
-    model = load_model(args.model)
-    dataset = build_dataset(model.config, args.data, args.labels, args.axis)
-    calibrated = calibrate_decoder(model, dataset, settings)
-    print(f"wrote {save_inference_checkpoint(calibrated, args.out)}")
+    fine_tuning_cli.run("python -m ldseg_rt.decoder_calibration", __doc__, CalibrationSettings,
+                        lambda model, dataset, settings, out: calibrate_decoder(model, dataset, settings), argv)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ def pixel_objective(model: AmbiguousModel, images, annotations, gen: torch.Gener
 OBJECTIVES = {"ldseg": ldseg_objective, "ambiguous": pixel_objective}
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one step of a run: every draw of the step comes from it, so a resumed run repeats them."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
 
 
@@ -105,6 +106,16 @@ def _flip(x: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
         if dims:
             out[i] = x[i].flip(dims)
     return out
+
+
+def draw_batch(dataset, batch_size: int, gen: torch.Generator, augment: bool = True):
+    """A random batch of (images, labels) tensors from `dataset`, randomly flipped if `augment`."""
+    index = torch.randint(len(dataset), (batch_size,), generator=gen).tolist()
+    images, labels = (torch.from_numpy(np.stack(a)) for a in zip(*(dataset[i] for i in index)))
+    if augment:
+        kinds = torch.randint(4, (batch_size,), generator=gen)
+        images, labels = _flip(images, kinds), _flip(labels, kinds)
+    return images, labels
 
 
 class Trainer:
@@ -138,13 +149,9 @@ class Trainer:
 
     def train_step(self, dataset) -> dict:
         s, cfg = self.settings, self.model.config
-        gen = _step_generator(s.seed, self.step)
+        gen = step_generator(s.seed, self.step)
         torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=gen)))  # dropout
-        index = torch.randint(len(dataset), (s.batch_size,), generator=gen).tolist()
-        images, labels = (torch.from_numpy(np.stack(a)) for a in zip(*(dataset[i] for i in index)))
-        if s.augment:
-            kinds = torch.randint(4, (s.batch_size,), generator=gen)
-            images, labels = _flip(images, kinds), _flip(labels, kinds)
+        images, labels = draw_batch(dataset, s.batch_size, gen, s.augment)
         self.model.train()
         losses = OBJECTIVES[cfg.family](self.model, images.to(self.device), labels.to(self.device), gen)
         self.optimizer.zero_grad(set_to_none=True)
