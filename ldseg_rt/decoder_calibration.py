@@ -31,6 +31,10 @@ class CalibrationSettings:
     lr: float = 1e-4
     seed: int = 0
 
+    def __post_init__(self):
+        fine_tuning_cli.check_settings(self, positive=("examples", "batch_size", "lr"),
+                                       non_negative=("steps", "seed"))
+
 
 def segmentation_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """CE + 2 (1 - soft Dice): LDSeg's training loss without its denoiser term."""

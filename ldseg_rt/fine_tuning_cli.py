@@ -6,7 +6,16 @@ import argparse
 from dataclasses import asdict
 
 from .checkpoint import load_model, save_inference_checkpoint
+from .errors import InvalidArgumentError
 from .training_data import build_dataset
+
+
+def check_settings(settings, positive=(), non_negative=()) -> None:
+    """Raises InvalidArgumentError for the first named field out of range."""
+    for names, bad, wanted in ((positive, lambda v: v <= 0, "positive"), (non_negative, lambda v: v < 0, ">= 0")):
+        for name in names:
+            if bad(getattr(settings, name)):
+                raise InvalidArgumentError(f"{name} must be {wanted}, got {getattr(settings, name)!r}")
 
 
 def run(prog: str, doc: str, settings_type, fine_tune, argv=None) -> None:

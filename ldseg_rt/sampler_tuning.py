@@ -41,6 +41,10 @@ class SamplerTuningSettings:
     seed: int = 0
     checkpoint_every: int = 0  # also write OUT.stepK.pt every K steps; 0 writes only OUT
 
+    def __post_init__(self):
+        fine_tuning_cli.check_settings(self, positive=("batch_size", "lr"),
+                                       non_negative=("steps", "clip_grad", "checkpoint_every", "seed"))
+
 
 def renormalize(z: torch.Tensor) -> torch.Tensor:
     """Per sample: zero mean, unit (population) standard deviation, as the sampler does."""

@@ -67,3 +67,10 @@ def test_cli_writes_an_inference_checkpoint(small_model, tmp_path):
 def test_pixel_family_is_refused():
     with pytest.raises(InvalidArgumentError, match="applies to LDSeg models"):
         calibrate_decoder(AmbiguousModel.from_config(get_config("amb_small"), seed=0), [], CalibrationSettings())
+
+
+@pytest.mark.parametrize("field, value", [("examples", 0), ("batch_size", -2), ("lr", -1e-4), ("steps", -1),
+                                          ("seed", -3)])
+def test_settings_out_of_range_are_refused(field, value):
+    with pytest.raises(InvalidArgumentError, match=f"{field} must be"):
+        CalibrationSettings(**{field: value})

@@ -96,19 +96,19 @@ def test_gradient_is_that_of_the_whole_chain(rng):
     assert abs(analytic - numeric) <= 1e-5 * max(1.0, abs(numeric))
 
 
-def test_tuning_changes_three_networks_on_a_copy_and_lowers_the_loss(small_model):
+def test_tuning_changes_three_networks_on_a_copy_and_lowers_the_loss(small_model, rng):
     cfg = small_model.config
-    dataset = [build_dataset(cfg, "synthetic")[i] for i in range(4)]
+    dataset = [build_dataset(cfg, "synthetic")[int(i)] for i in rng.integers(100_000, size=4)]
     before = {k: v.clone() for k, v in small_model.state_dict().items()}
-    tuned = tune_sampler(small_model, dataset, SamplerTuningSettings(steps=12, batch_size=4, lr=1e-3, seed=5),
-                         progress=False)
+    settings = SamplerTuningSettings(steps=12, batch_size=4, lr=1e-3, seed=int(rng.integers(1000)))
+    tuned = tune_sampler(small_model, dataset, settings, progress=False)
     for name, value in small_model.state_dict().items():
         assert torch.equal(value, before[name])  # the caller's model is untouched
     changed = {k.split(".")[0] for k, v in tuned.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"image_encoder", "denoiser", "decoder"}
     assert not any("running_" in k for k, v in tuned.state_dict().items() if not torch.equal(v, before[k]))
     images, labels = (torch.from_numpy(np.stack(a)) for a in zip(*dataset))
-    z_T = torch.from_numpy(np.random.default_rng(0).standard_normal((4, *cfg.latent_shape))).float()
+    z_T = torch.from_numpy(rng.standard_normal((4, *cfg.latent_shape))).float()
     plan = sampling_plan(cfg, cfg.steps, 0.0)
     with torch.no_grad():
         old, new = (float(tuning_loss(m, images, labels.long(), z_T, plan)) for m in (small_model, tuned))
@@ -143,3 +143,10 @@ def test_noisy_plans_and_the_pixel_family_are_refused(small_model):
         differentiable_sample(small_model.denoiser, z, z, noisy)
     with pytest.raises(InvalidArgumentError, match="applies to LDSeg models"):
         tune_sampler(AmbiguousModel.from_config(get_config("amb_small"), seed=0), [], SamplerTuningSettings())
+
+
+@pytest.mark.parametrize("field, value", [("batch_size", 0), ("lr", 0.0), ("steps", -1), ("clip_grad", -1.0),
+                                          ("checkpoint_every", -5), ("seed", -1)])
+def test_settings_out_of_range_are_refused(field, value):
+    with pytest.raises(InvalidArgumentError, match=f"{field} must be"):
+        SamplerTuningSettings(**{field: value})
