@@ -14,6 +14,7 @@ from conftest import perturbed
 from ldseg_rt import Segmenter
 from ldseg_rt import bench as harness
 from ldseg_rt.cli import main as cli_main
+from ldseg_rt.backends.precision import cpu_has_bf16
 from ldseg_rt.configs import get_config
 from ldseg_rt.models import build_model
 from ldseg_rt.sampling_plan import sampling_plan
@@ -98,8 +99,10 @@ def test_cli_bench_writes_json_and_markdown(tmp_path, capsys):
     cli_main(["bench", "--configs", "small", "--n", "1", "--repeats", "1", "--warmup", "0", "--backends", "torch",
               "--out-json", str(out), "--results-md", str(md)])
     records = json.loads(out.read_text())
-    assert [tuple(r) for r in records] == [harness.ROW_KEYS]
-    assert records[0]["config"] == "small" and records[0]["backend"] == "torch"
+    # The bf16 row runs exactly where the library's own predicate says this CPU multiplies bf16.
+    precisions = ["fp32"] + (["bf16"] if cpu_has_bf16() else [])
+    assert [tuple(r) for r in records] == [harness.ROW_KEYS] * len(precisions)
+    assert [(r["config"], r["backend"], r["precision"]) for r in records] == [("small", "torch", p) for p in precisions]
     text = md.read_text()
     assert text.startswith("# Results\n") and text.count(harness.MARK_START) == 1 and text.count(harness.MARK_END) == 1
     assert "| small | torch | fp32 | 1 | 15 |" in text and "Machine:" in text
@@ -107,6 +110,7 @@ def test_cli_bench_writes_json_and_markdown(tmp_path, capsys):
     assert "latency ms" in printed
     if not torch.cuda.is_available():
         assert "skipped torch fp16: precision 'fp16' with backend 'torch' needs a CUDA device" in printed
+        assert ("skipped torch bf16" in printed) == (not cpu_has_bf16())
 
 
 def test_largest_activation_set_by_hand(small_model):
