@@ -6,7 +6,7 @@ kernels/ and export/ are top-level folders mapped into the package, so that
 from glob import glob
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
 
 extension = Pybind11Extension(
     "ldseg_rt._C",
@@ -20,16 +20,9 @@ setup(
     name="ldseg_rt",
     version="0.1.0",
     description="Inference runtime for diffusion models that segment medical images",
-    packages=[
-        "ldseg_rt",
-        "ldseg_rt.models",
-        "ldseg_rt.backends",
-        "ldseg_rt.bench",
-        "ldseg_rt.kernels",
-        "ldseg_rt.export",
-    ],
+    packages=[*find_packages(include=["ldseg_rt", "ldseg_rt.*"]), "ldseg_rt.kernels", "ldseg_rt.export"],
     package_dir={"ldseg_rt.kernels": "kernels", "ldseg_rt.export": "export"},
-    package_data={"ldseg_rt": ["builtin/*.pt", "data/*.png"]},
+    package_data={"ldseg_rt": ["builtin/*.pt"], "ldseg_rt.data": ["*.png"]},
     ext_modules=[extension],
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",

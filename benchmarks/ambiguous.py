@@ -1,5 +1,5 @@
 """The ambiguous-segmentation paper's finding, reproduced small on synthetic lesions whose
-annotation distribution is known (ldseg_rt.synthetic_ambiguous): x-prediction with input
+annotation distribution is known (ldseg_rt.data.ambiguous): x-prediction with input
 scale b = 0.1 against eps-prediction with b = 1 at the same training budget, next to the
 oracle (samples drawn from the true distribution) and a deterministic U-Net (one mask per
 image). GED and HM-IoU of N samples against M annotations, mean over held-out images.
@@ -21,13 +21,13 @@ import torch
 from tqdm import tqdm
 
 from ldseg_rt import Segmenter
-from ldseg_rt.checkpoint import load_checkpoint, save_inference_checkpoint
 from ldseg_rt.configs import get_config
-from ldseg_rt.distribution_evaluation import score_samples
-from ldseg_rt.preprocess import prepare
-from ldseg_rt.synthetic_ambiguous import AmbiguousDataset
-from ldseg_rt.train import Trainer, TrainSettings
-from ldseg_rt.training_data import AmbiguousSyntheticData
+from ldseg_rt.data.ambiguous import AmbiguousDataset
+from ldseg_rt.evaluation.distribution import score_samples
+from ldseg_rt.models.checkpoint import load_checkpoint, save_inference_checkpoint
+from ldseg_rt.pipeline.preprocess import prepare
+from ldseg_rt.training.dataset import AmbiguousSyntheticData
+from ldseg_rt.training.trainer import Trainer, TrainSettings
 
 BASE = get_config("amb_small")
 VARIANTS = {"x-b0.1": dataclasses.replace(BASE, prediction="x", input_scale=0.1),

@@ -14,7 +14,7 @@ latter drawing Philox noise); aggregation of 16 samples' probabilities, 2 classe
 import pytest
 import torch
 
-from ldseg_rt.diffusion import ldseg_table
+from ldseg_rt.diffusion.tables import ldseg_table
 from ldseg_rt.kernels import aggregate, attention, diffusion_step, groupnorm
 
 CUDA = torch.cuda.is_available()

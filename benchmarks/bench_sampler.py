@@ -6,8 +6,9 @@ reference, glas512's latent (1x32x32), 16 samples, 15 steps, DDIM eta 0 and 1.
 import numpy as np
 import pytest
 
-from ldseg_rt.diffusion import ldseg_table, reference_sample
-from ldseg_rt.sampler import sample_latents
+from ldseg_rt.diffusion.oracle import reference_sample
+from ldseg_rt.diffusion.sampler import sample_latents
+from ldseg_rt.diffusion.tables import ldseg_table
 
 SHAPE, N, STEPS = (1, 32, 32), 16, 15
 

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 import ldseg_rt.backends.precision as precision
 from ldseg_rt import Segmenter
-from ldseg_rt.metrics import dice_per_class
-from ldseg_rt.synthetic import make_phantom
+from ldseg_rt.data.phantoms import make_phantom
+from ldseg_rt.evaluation.metrics import dice_per_class
 
 
 def main():

@@ -7,8 +7,8 @@ import argparse
 import secrets
 
 from ldseg_rt import Segmenter
-from ldseg_rt.evaluation import evaluate
-from ldseg_rt.synthetic import make_phantom
+from ldseg_rt.data.phantoms import make_phantom
+from ldseg_rt.evaluation.scoring import evaluate
 
 
 def main():

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from ldseg_rt import Segmenter
 from ldseg_rt.configs import get_config
-from ldseg_rt.evaluation import evaluate
-from ldseg_rt.io import read_volume, volume_slices
-from ldseg_rt.train import Trainer, TrainSettings
-from ldseg_rt.training_data import volume_data
+from ldseg_rt.evaluation.scoring import evaluate
+from ldseg_rt.io.volumes import read_volume, volume_slices
+from ldseg_rt.training.dataset import volume_data
+from ldseg_rt.training.trainer import Trainer, TrainSettings
 
 KNEE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ldseg-demo" / "Knee"
 

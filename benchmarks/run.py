@@ -1,5 +1,5 @@
-"""sample() end to end per configuration, n, backend and precision, against eager PyTorch
-(issue 7); the harness is ldseg_rt.bench, also `python -m ldseg_rt bench`. Options: --help.
+"""sample() end to end per configuration, n, backend and precision, against eager PyTorch;
+the harness is ldseg_rt.bench, also `python -m ldseg_rt bench`. Options: --help.
 
     .venv/bin/python benchmarks/run.py --quick
 """

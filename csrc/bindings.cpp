@@ -143,6 +143,9 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "C++ core of ldseg_rt: the batched diffusion sampling loop and its Philox4x32-10 noise.";
   m.attr("STREAM_INIT") = kStreamInit;
   m.attr("STREAM_STEP") = kStreamStep;
+  m.attr("RENORM_EPS") = kRenormEps;
+  m.attr("PREDICTIONS") = py::tuple(py::cast(std::vector<std::string>(kPredictionNames.begin(), kPredictionNames.end())));
+  m.attr("TABLE_COLUMNS") = py::tuple(py::cast(std::vector<std::string>(kTableColumns.begin(), kTableColumns.end())));
 
   m.def("sample", &sample, py::arg("denoise"), py::arg("seeds"), py::arg("n"), py::arg("latent_shape"),
         py::arg("table"), py::arg("prediction"), py::arg("clip"), py::arg("renormalize"), py::arg("threads"),

@@ -3,7 +3,7 @@
 //
 // Noise is counter-based: the value for element e of a latent is a pure function
 // of (seed, sample, step, stream, e), so any row of any batch can be generated
-// independently, in any order, on any thread. ldseg_rt/philox.py mirrors this.
+// independently, in any order, on any thread. ldseg_rt/diffusion/philox.py mirrors this.
 #pragma once
 
 #include <array>
@@ -11,14 +11,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "constants.h"
+
 namespace ldseg {
 
 using PhiloxCounter = std::array<uint32_t, 4>;
 using PhiloxKey = std::array<uint32_t, 2>;
-
-// The counter's fourth word: which draw of a sample the noise belongs to.
-constexpr uint32_t kStreamInit = 0;  // the initial latent z_T (step 0)
-constexpr uint32_t kStreamStep = 1;  // the noise added by loop iteration `step`
 
 // Element e is lane e % 4 of block e / 4, and the block index is a 32-bit word.
 constexpr std::size_t kMaxNumel = std::size_t{1} << 34;

@@ -12,9 +12,8 @@
 namespace ldseg {
 
 Prediction parse_prediction(const std::string& name) {
-  if (name == "eps") return Prediction::Eps;
-  if (name == "x") return Prediction::X;
-  if (name == "v") return Prediction::V;
+  for (std::size_t i = 0; i < kPredictionNames.size(); ++i)
+    if (name == kPredictionNames[i]) return static_cast<Prediction>(i);
   throw std::invalid_argument("prediction must be 'eps', 'x' or 'v', got '" + name + "'");
 }
 
@@ -107,14 +106,14 @@ void advance_row(const SamplerConfig& cfg, uint32_t step, RowId id, double* z, c
   }
 }
 
-// Zero mean, unit (population) variance; the 1e-5 guards a constant row.
+// Zero mean, unit (population) variance; kRenormEps guards a constant row.
 void renormalize_row(double* z, std::size_t numel) {
   double mean = 0.0;
   for (std::size_t e = 0; e < numel; ++e) mean += z[e];
   mean /= static_cast<double>(numel);
   double var = 0.0;
   for (std::size_t e = 0; e < numel; ++e) var += (z[e] - mean) * (z[e] - mean);
-  const double scale = 1.0 / (std::sqrt(var / static_cast<double>(numel)) + 1e-5);
+  const double scale = 1.0 / (std::sqrt(var / static_cast<double>(numel)) + kRenormEps);
   for (std::size_t e = 0; e < numel; ++e) z[e] = (z[e] - mean) * scale;
 }
 

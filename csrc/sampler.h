@@ -11,7 +11,8 @@
 
 namespace ldseg {
 
-// What the network predicts: the noise, the clean latent, or v = a_t*eps - s_t*x0.
+// What the network predicts: the noise, the clean latent, or v = a_t*eps - s_t*x0
+// (named by kPredictionNames, in this order).
 enum class Prediction { Eps, X, V };
 
 // Parses "eps", "x" or "v"; throws std::invalid_argument otherwise.

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from ldseg_rt.bundle import SUFFIX
-from ldseg_rt.checkpoint import load_model
-from ldseg_rt.errors import LdsegError
-
+from ..bundle import SUFFIX
+from ..cli import run_command
+from ..errors import BundleError
+from ..io.atomic import check_writable
+from ..models.checkpoint import load_model
 from .exporter import CHECK_BATCHES, TOLERANCE, export_bundle
 
 
@@ -25,7 +25,7 @@ def _batches(text: str) -> tuple[int, ...]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ldseg_rt.export", description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("checkpoint", nargs="?", help="checkpoint written by python -m ldseg_rt.train")
+    source.add_argument("checkpoint", nargs="?", help="checkpoint written by python -m ldseg_rt train")
     source.add_argument("--builtin", metavar="NAME", help="a model shipped with ldseg_rt (e.g. phantom)")
     parser.add_argument("--out", help=f"bundle folder to write (default: the model's name + {SUFFIX})")
     parser.add_argument("--classes", help="comma-separated class names, background first")
@@ -33,16 +33,18 @@ def main(argv=None) -> None:
                         help="batch sizes at which each graph is compared with PyTorch (default 1,16,32)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle")
     args = parser.parse_args(argv)
+    run_command(_run, args)
 
+
+def _run(args) -> None:
     engine = f"builtin:{args.builtin}" if args.builtin else args.checkpoint
-    out = Path(args.out or f"{args.builtin or Path(args.checkpoint).stem}{SUFFIX}")
-    try:
-        model = load_model(engine)
-        print(f"exporting {engine} ({model.config.name} configuration) to {out}")
-        bundle = export_bundle(model, out, args.classes.split(",") if args.classes else None, source=str(engine),
-                               check_batches=args.check_batches, overwrite=args.force)
-    except LdsegError as e:
-        sys.exit(f"error: {e}")
+    out = check_writable(args.out or f"{args.builtin or Path(args.checkpoint).stem}{SUFFIX}")
+    if out.exists() and not args.force:  # refused before the export's minutes of work
+        raise BundleError(f"{str(out)!r} already exists; choose another name or pass --force to replace it")
+    model = load_model(engine)
+    print(f"exporting {engine} ({model.config.name} configuration) to {out}")
+    bundle = export_bundle(model, out, args.classes.split(",") if args.classes else None, source=str(engine),
+                           check_batches=args.check_batches, overwrite=args.force)
     print(f"wrote {bundle.path}:")
     for name in bundle.manifest["files"]:
         print(f"  {name:<28}{len(bundle.read(name)) / 1e6:8.2f} MB")

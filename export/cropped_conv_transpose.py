@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldseg_rt.models.layers import SameConvTranspose2d
+from ..models.layers import SameConvTranspose2d
 
 
 class _CroppedConvTranspose(torch.autograd.Function):

@@ -1,5 +1,5 @@
 """A trained model of either family -> a bundle: the manifest, the weights and one checked ONNX graph per
-inference network (SPEC section 4)."""
+inference network."""
 from __future__ import annotations
 
 import platform
@@ -13,10 +13,10 @@ import torch
 from tqdm.auto import tqdm
 
 import ldseg_rt
-from ldseg_rt.bundle import Bundle, write_bundle
-from ldseg_rt.checkpoint import TRAINING_ONLY
-from ldseg_rt.errors import ExportError, InvalidArgumentError
 
+from ..bundle import Bundle, write_bundle
+from ..errors import ExportError, InvalidArgumentError
+from ..models.checkpoint import TRAINING_ONLY
 from .onnx_graphs import BATCH, OPSET, network_io, relative_error, to_onnx
 
 CHECK_BATCHES = (1, 16, 32)

@@ -10,8 +10,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ldseg_rt.errors import ExportError
-
+from ..errors import ExportError
 from .chunked_attention import with_chunked_attention
 from .cropped_conv_transpose import with_cropped_conv_transposes
 

@@ -1,3 +1,4 @@
-"""Fused Triton kernels (installed as ldseg_rt.kernels): attention, GroupNorm+SiLU, the
-diffusion step and sample aggregation, each with a plain torch reference (SPEC section 7).
-Leaf math: nothing here imports the rest of ldseg_rt."""
+"""Fused Triton kernels (installed as ldseg_rt.kernels): attention, GroupNorm+SiLU, Philox
+noise, the diffusion step and sample aggregation, each with a plain torch reference.
+Leaf math: nothing here imports the rest of ldseg_rt but the constants every sampler shares
+(ldseg_rt.diffusion.constants) and the one torch renormalisation."""

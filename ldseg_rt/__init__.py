@@ -4,8 +4,8 @@
     res = seg.sample(img, n=16, seed=0)   # res.samples, res.mask, res.probs, res.uncertainty
 """
 from .configs import CONFIGS, LDSegConfig, get_config
-from .errors import (BackendError, ConfigError, DeviceError, ImageTypeError, InvalidArgumentError,
-                     InvalidImageError, LdsegError, ModelLoadError)
+from .errors import (BackendError, ConfigError, DeviceError, ImageTypeError, InvalidArgumentError, InvalidImageError,
+                     LdsegError, ModelLoadError)
 from .segmenter import SampleResult, Segmenter
 
 __version__ = "0.1.0"

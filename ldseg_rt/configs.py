@@ -1,4 +1,4 @@
-"""Named configurations of both model families (SPEC section 1).
+"""Named configurations of both model families.
 
 LDSeg (L): `glas512` is the paper's 2D configuration exactly; `small` is a scaled-down
 variant with the same structure for tests, the demo and CPU training. Pixel-space ambiguous
@@ -87,7 +87,7 @@ class LDSegConfig:
 
 @dataclass(frozen=True)
 class AmbiguousConfig:
-    """Pixel-space diffusion for ambiguous segmentation (SPEC section 1 P): a binary mask
+    """Pixel-space diffusion for ambiguous segmentation: a binary mask
     embedded as x0 = 2m - 1, the image concatenated as condition, a continuous-time VP
     process with input scaling, and a U-Net denoiser."""
     name: str

@@ -1,8 +1,7 @@
 """The public API: one object that turns an image into n plausible segmentations, their
-consensus and a per-pixel uncertainty map (SPEC section 3)."""
+consensus and a per-pixel uncertainty map."""
 from __future__ import annotations
 
-import math
 import numbers
 import secrets
 import tempfile
@@ -14,29 +13,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .aggregate import Aggregator
 from .backends import NEEDS_BUNDLE, create_backend
 from .bundle import is_bundle, load_bundle
-from .checkpoint import load_model
 from .configs import get_config
+from .diffusion.plan import sampling_plan
 from .errors import InvalidArgumentError
 from .models import build_model
-from .preprocess import Prepared, prepare
-from .sampling_plan import sampling_plan
+from .models.checkpoint import load_model
+from .pipeline.aggregate import Aggregator
+from .pipeline.preprocess import Prepared, prepare
 
 SEED_LIMIT = 2 ** 64
+MAX_STEPS = 1000  # both families' schedules are defined on at most 1000 distinct times
+DEFAULT_MEMORY_LIMIT = 8 * 2 ** 30  # bytes of results one sample() call may build; Segmenter(memory_limit=...)
 
 
 @dataclass
 class SampleResult:
     """What `sample` returns for one image, numpy or torch like the image was."""
-    samples: object  # (n, H, W) uint8 class maps at the input's resolution
+    samples: object  # (n, H, W) uint8 class maps at the input's resolution (None: return_samples=False)
     probs: object  # (C, H, W) float32, mean class probabilities over the samples
     mask: object  # (H, W) uint8 consensus: argmax of probs
     uncertainty: object  # (H, W) float32 in [0, 1], normalised predictive entropy
     latents: np.ndarray  # (n, c, h, w) float32 final latents, before the decoder
     seed: int  # the seed that reproduces these samples
     timings: dict = field(default_factory=dict)  # ms per stage (of the whole batched pass)
+    warnings: list = field(default_factory=list)  # why this result may not be trustworthy, in words
 
 
 def _check_positive_int(value, name: str) -> int:
@@ -48,6 +50,8 @@ def _check_positive_int(value, name: str) -> int:
 def _check_seed(seed) -> int:
     if seed is None:
         return secrets.randbits(63)
+    if isinstance(seed, np.ndarray) and seed.ndim == 0:
+        seed = seed.item()
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
         raise InvalidArgumentError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     return int(seed)
@@ -76,7 +80,13 @@ class Segmenter:
     (both on by default on CUDA; False turns the Triton kernels or the graph capture off).
     """
 
-    def __init__(self, engine, backend: str = "auto", device="auto", precision: str = "auto", **backend_options):
+    def __init__(self, engine, backend: str = "auto", device="auto", precision: str = "auto",
+                 memory_limit: int = DEFAULT_MEMORY_LIMIT, **backend_options):
+        """memory_limit: the most bytes of results one call may build; a larger request is
+        refused before any work, naming what it would need (see `sample`'s return_samples)."""
+        if isinstance(memory_limit, bool) or not isinstance(memory_limit, numbers.Integral) or memory_limit < 1:
+            raise InvalidArgumentError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
+        self.memory_limit = int(memory_limit)
         source = load_bundle(engine) if is_bundle(engine) else load_model(engine)
         self.backend = create_backend(backend, source, device, precision, **backend_options)
         self.config = self.backend.config
@@ -108,23 +118,26 @@ class Segmenter:
         return self.backend.precision
 
     def sample(self, img, n: int = 16, steps: int | None = None, seed: int | None = None,
-               eta: float | None = None) -> SampleResult:
-        """n segmentations of one image; with a seed, sample k is reproducible whatever n."""
-        return self.sample_batch([img], n, steps, seed, eta)[0]
+               eta: float | None = None, return_samples: bool = True) -> SampleResult:
+        """n segmentations of one image; with a seed, sample k is reproducible whatever n.
+        return_samples=False keeps only probs, mask and uncertainty (samples is None), so the
+        memory of the result does not grow with n."""
+        return self.sample_batch([img], n, steps, seed, eta, return_samples)[0]
 
     def sample_batch(self, imgs, n: int = 16, steps: int | None = None, seed=None,
-                     eta: float | None = None) -> list[SampleResult]:
+                     eta: float | None = None, return_samples: bool = True) -> list[SampleResult]:
         """n segmentations of each image in one batched pass. seed: one int used for every
         image (so an image's result does not depend on its batch), or one per image."""
         n = _check_positive_int(n, "n")
-        steps = _check_positive_int(self.config.steps if steps is None else steps, "steps")
+        steps = self._check_steps(self.config.steps if steps is None else steps)
         eta = self.config.eta if eta is None else eta
-        if not isinstance(eta, numbers.Real) or not math.isfinite(eta) or eta < 0:
-            raise InvalidArgumentError(f"eta must be a finite number >= 0, got {eta!r}")
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:
+            raise InvalidArgumentError(f"eta must be a number in [0, 1] (0: deterministic DDIM), got {eta!r}")
         imgs = list(imgs)
         if not imgs:
             raise InvalidArgumentError("sample_batch needs at least one image")
-        seeds = seed if isinstance(seed, (list, tuple, np.ndarray)) else [seed] * len(imgs)
+        many = isinstance(seed, (list, tuple)) or isinstance(seed, np.ndarray) and seed.ndim > 0
+        seeds = seed if many else [seed] * len(imgs)
         if len(seeds) != len(imgs):
             raise InvalidArgumentError(f"got {len(seeds)} seeds for {len(imgs)} images")
         seeds = [_check_seed(s) for s in seeds]
@@ -133,13 +146,15 @@ class Segmenter:
         total = time.perf_counter()
         with clock.stage("preprocess"):
             prepared = [prepare(img, self.config) for img in imgs]
+        for p in prepared:
+            self._check_memory(p.size, n, return_samples)
         with clock.stage("encode"):
             z_i = self.backend.encode(np.stack([p.pixels for p in prepared]))
         with clock.stage("sample"):
             latents = self.backend.sample_latents(z_i, seeds, n, sampling_plan(self.config, steps, float(eta)))
         results, chunk = [], self.backend.decode_batch or n
         for i, (p, s) in enumerate(zip(prepared, seeds)):
-            own, aggregator = latents[i * n:(i + 1) * n], Aggregator(p.size)
+            own, aggregator = latents[i * n:(i + 1) * n], Aggregator(p.size, return_samples)
             for start in range(0, n, chunk):
                 with clock.stage("decode"):
                     probs = self.backend.decode(own[start:start + chunk])
@@ -152,11 +167,32 @@ class Segmenter:
             r.timings = dict(clock.ms)
         return results
 
+    def _check_steps(self, steps) -> int:
+        steps = _check_positive_int(steps, "steps")
+        least = 2 if self.config.family == "ldseg" else 1  # LDSeg's 1-step grid is t = 0 alone: no denoising
+        if not least <= steps <= MAX_STEPS:
+            raise InvalidArgumentError(f"steps must be in [{least}, {MAX_STEPS}] for model {self.config.name!r}, "
+                                       f"got {steps}")
+        return steps
+
+    def _check_memory(self, size: tuple[int, int], n: int, return_samples: bool) -> None:
+        """Refuse, before any work, results that would not fit: per pixel at the input's
+        resolution, n uint8 maps (if kept), the decoder chunk's resized probabilities, their
+        sum and mean, the consensus and the uncertainty."""
+        classes, chunk = self.config.num_classes, min(self.backend.decode_batch or n, n)
+        per_pixel = (n if return_samples else 0) + 4 * classes * (chunk + 2) + chunk + 1 + 8
+        need = per_pixel * size[0] * size[1]
+        if need > self.memory_limit:
+            raise InvalidArgumentError(
+                f"a {size[0]}x{size[1]} image with n={n} needs about {need / 2 ** 30:.1f} GiB for its results, more "
+                f"than memory_limit ({self.memory_limit / 2 ** 30:.1f} GiB): pass return_samples=False to keep only "
+                "probs, mask and uncertainty, segment a smaller image, or raise Segmenter(memory_limit=...)")
+
     @staticmethod
     def _result(p: Prepared, aggregator: Aggregator, latents: np.ndarray, seed: int) -> SampleResult:
         outputs = aggregator.result()
         if p.device is None:
-            outputs = tuple(o.numpy() for o in outputs)
+            outputs = tuple(None if o is None else o.numpy() for o in outputs)
         else:
-            outputs = tuple(o.to(p.device) for o in outputs)
-        return SampleResult(*outputs, latents=latents, seed=seed)
+            outputs = tuple(None if o is None else o.to(p.device) for o in outputs)
+        return SampleResult(*outputs, latents=latents, seed=seed, warnings=list(p.warnings))

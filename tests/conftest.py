@@ -24,6 +24,16 @@ def perturbed(model: torch.nn.Module, seed: int, scale: float = 0.2) -> torch.nn
     return model
 
 
+def ref_gamma_b(t, b, clamp):
+    """Independent float64 oracle of the pixel family's schedule: g_b = b^2 g / ((b^2 - 1) g + 1)
+    for g = cos^2(pi t / 2), then the log-SNR clamp; returns (g_b, logSNR_b)."""
+    g = np.cos(np.pi * np.asarray(t, np.float64) / 2) ** 2
+    gb = b * b * g / ((b * b - 1) * g + 1)
+    with np.errstate(divide="ignore"):
+        lam = np.clip(np.log(gb) - np.log1p(-gb), -clamp, clamp)
+    return 1 / (1 + np.exp(-lam)), lam
+
+
 @pytest.fixture(scope="session")
 def small_model() -> LDSeg:
     return perturbed(LDSeg.from_config(get_config("small"), seed=3), seed=4).eval()
@@ -40,7 +50,7 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def builtin_bundle(tmp_path_factory):
     """The built-in model exported once per run, with the default checks (batches 1, 16, 32)."""
-    from ldseg_rt.checkpoint import load_model
+    from ldseg_rt.models.checkpoint import load_model
     from ldseg_rt.export import export_bundle
     return export_bundle(load_model("builtin:phantom"), tmp_path_factory.mktemp("bundles") / "phantom.ldseg",
                          source="builtin:phantom", progress=False)

@@ -9,17 +9,17 @@ import torch
 from conftest import perturbed
 from ldseg_rt import Segmenter
 from ldseg_rt.bundle import load_bundle
-from ldseg_rt.checkpoint import load_model, save_checkpoint
 from ldseg_rt.configs import get_config
-from ldseg_rt.diffusion import reference_sample
+from ldseg_rt.data.ambiguous import make_ambiguous_case
+from ldseg_rt.diffusion.oracle import reference_sample
+from ldseg_rt.diffusion.pixel_schedule import pixel_table
 from ldseg_rt.export import export_bundle
-from ldseg_rt.models import AmbiguousModel
-from ldseg_rt.pixel_diffusion import pixel_table
-from ldseg_rt.preprocess import prepare
-from ldseg_rt.synthetic_ambiguous import make_ambiguous_case
 from ldseg_rt.kernels.attention import attention as kernel_attention
-from ldseg_rt.train import Trainer, TrainSettings
-from ldseg_rt.training_data import build_dataset
+from ldseg_rt.models import AmbiguousModel
+from ldseg_rt.models.checkpoint import load_model, save_checkpoint
+from ldseg_rt.pipeline.preprocess import prepare
+from ldseg_rt.training.dataset import build_dataset
+from ldseg_rt.training.trainer import Trainer, TrainSettings
 
 
 def _model(prediction: str) -> AmbiguousModel:
@@ -100,9 +100,9 @@ def test_family_specific_data_errors():
 
 def test_evaluation_scores_each_case_against_its_annotations(amb_model, tmp_path, capsys):
     from ldseg_rt.cli import main
-    from ldseg_rt.distribution_evaluation import score_samples
-    from ldseg_rt.metrics import ged, hm_iou
-    from ldseg_rt.synthetic_ambiguous import AmbiguousDataset
+    from ldseg_rt.data.ambiguous import AmbiguousDataset
+    from ldseg_rt.evaluation.distribution import score_samples
+    from ldseg_rt.evaluation.metrics import ged, hm_iou
     cases = AmbiguousDataset.evaluation(amb_model.config.image_size, count=3, annotators=4)
     oracle = score_samples(lambda case, k: case.sample(5, k), cases, progress=False)
     for k in range(3):

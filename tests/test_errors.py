@@ -34,6 +34,8 @@ def with_value(value):
     (np.zeros((64, 0, 1), np.float32), E.InvalidImageError, "empty"),
     (np.zeros((1, 1), np.float32), E.InvalidImageError, "too small"),
     (np.zeros((1, 40), np.float32), E.InvalidImageError, "too small"),
+    (np.zeros((64, 64), np.float32), E.InvalidImageError, "no contrast"),
+    (good()[None], E.InvalidImageError, "looks channels-first"),
     (np.array([["a", "b"], ["c", "d"]]), E.ImageTypeError, "not a real numeric type"),
     (np.zeros((8, 8), dtype=bool), E.ImageTypeError, "not a real numeric type"),
     (np.zeros((8, 8), dtype=np.complex64), E.ImageTypeError, "not a real numeric type"),
@@ -43,23 +45,25 @@ def with_value(value):
 ])
 def test_bad_images(seg, img, error, match):
     with pytest.raises(error, match=match):
-        seg.sample(img, n=1, steps=1)
+        seg.sample(img, n=1, steps=2)
 
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"n": 0}, "n must be a positive integer"), ({"n": -3}, "n must be"), ({"n": 2.5}, "n must be"),
     ({"n": True}, "n must be"), ({"steps": 0}, "steps must be a positive integer"),
-    ({"eta": -0.1}, "eta must be"), ({"eta": float("nan")}, "eta must be"),
+    ({"eta": -0.1}, "eta must be"), ({"eta": float("nan")}, "eta must be"), ({"eta": True}, "eta must be"),
+    ({"eta": 1e6}, r"eta must be a number in \[0, 1\]"),
+    ({"steps": 1}, r"steps must be in \[2, 1000\]"), ({"steps": 10 ** 7}, r"steps must be in \[2, 1000\]"),
     ({"seed": -1}, "seed must be"), ({"seed": 2 ** 64}, "seed must be"), ({"seed": "7"}, "seed must be"),
 ])
 def test_bad_arguments(seg, kwargs, match):
     with pytest.raises(E.InvalidArgumentError, match=match):
-        seg.sample(good(), **{"n": 1, "steps": 1, **kwargs})
+        seg.sample(good(), **{"n": 1, "steps": 2, **kwargs})
 
 
 def test_batch_arguments(seg):
     with pytest.raises(E.InvalidArgumentError, match="2 seeds for 1 images"):
-        seg.sample_batch([good()], n=1, steps=1, seed=[1, 2])
+        seg.sample_batch([good()], n=1, steps=2, seed=[1, 2])
     with pytest.raises(E.InvalidArgumentError, match="at least one image"):
         seg.sample_batch([], n=1)
 

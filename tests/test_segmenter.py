@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from ldseg_rt import Segmenter
-from ldseg_rt.diffusion import ldseg_table, reference_sample
-from ldseg_rt.preprocess import prepare
+from ldseg_rt.diffusion.oracle import reference_sample
+from ldseg_rt.diffusion.tables import ldseg_table
+from ldseg_rt.errors import InvalidArgumentError
+from ldseg_rt.pipeline.preprocess import prepare
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +119,8 @@ def test_preprocessing_scales_and_resizes(rng):
     cfg = get_config("small")
     img = rng.uniform(-50, 300, size=(128, 128))
     got = prepare(img, cfg).pixels
-    np.testing.assert_allclose(got[0], (img - img.min()) / (img.max() - img.min()), rtol=1e-6, atol=1e-7)
-    assert not prepare(np.full((30, 40), 7.0), cfg).pixels.any()
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    np.testing.assert_allclose(got[0], np.clip((img - lo) / (hi - lo), 0, 1), rtol=1e-6, atol=1e-7)
     small = prepare(rng.integers(0, 4096, size=(33, 47)).astype(np.uint16), cfg)
     assert small.pixels.shape == (1, 128, 128) and small.size == (33, 47)
     assert small.pixels.min() == 0.0 and small.pixels.max() == 1.0
@@ -143,3 +145,27 @@ def test_decoding_in_chunks_equals_decoding_all_at_once(small_model, rng, monkey
         probs = small_model.decoder(torch.from_numpy(res.latents)).numpy().astype(np.float64)
     assert_class_maps_match(res.samples, probs)
     np.testing.assert_allclose(res.probs, probs.mean(0), atol=1e-6)
+
+
+def test_a_zero_dimensional_seed_array_is_a_seed(seg, rng):
+    img = image(rng, 50, 60)
+    a, b = seg.sample(img, n=2, steps=3, seed=np.array(9)), seg.sample(img, n=2, steps=3, seed=9)
+    np.testing.assert_array_equal(a.latents, b.latents)
+    assert a.seed == 9
+
+
+def test_results_past_the_memory_limit_are_refused_before_any_work(small_model, rng):
+    seg = Segmenter(small_model, backend="torch", device="cpu", memory_limit=2 ** 20)
+    calls = []
+    encode = seg.backend.encode
+    seg.backend.encode = lambda images: calls.append(1) or encode(images)
+    with pytest.raises(InvalidArgumentError, match=r"needs about .* GiB .*return_samples=False"):
+        seg.sample(image(rng, 300, 300), n=16, steps=3, seed=1)
+    assert calls == []
+    # Without the n maps the same request fits, and gives the same probabilities, mask and uncertainty.
+    img = image(rng, 100, 100)
+    lean = seg.sample(img, n=16, steps=3, seed=1, return_samples=False)
+    full = Segmenter(small_model, backend="torch", device="cpu").sample(img, n=16, steps=3, seed=1)
+    assert lean.samples is None and full.samples.shape == (16, 100, 100)
+    for name in ("probs", "mask", "uncertainty", "latents"):
+        np.testing.assert_array_equal(getattr(lean, name), getattr(full, name))

@@ -1,4 +1,4 @@
-"""Backends run the three inference networks; the Segmenter drives them (SPEC section 5).
+"""Backends run the three inference networks; the Segmenter drives them.
 
 Every backend has the same face (base.Backend), on float32 numpy arrays (NCHW):
     encode(images) -> z_i        denoise(z_t, z_i, t) -> model output        decode(z) -> probs
@@ -74,6 +74,6 @@ def create_backend(name: str, source, device="auto", precision: str = "auto", **
     if name == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
         return TensorRTBackend(source, device, precision)
-    from ..checkpoint import load_model
+    from ..models.checkpoint import load_model
     from .torch_backend import TorchBackend
     return TorchBackend(load_model(source), device, precision, **options)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sampler import sample_latents
-from ..sampling_plan import SamplingPlan
+from ..diffusion.plan import SamplingPlan
+from ..diffusion.sampler import sample_latents
 
 NETWORKS = ("image_encoder", "denoiser", "decoder")
 # Samples per decoder call on a CPU. ONNX Runtime, glas512 decoder, one thread: 0.45, 0.43

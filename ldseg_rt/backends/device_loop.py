@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..diffusion.constants import COLUMN
+from ..diffusion.plan import SamplingPlan
 from ..kernels.diffusion_step import diffusion_step, initial_noise
-from ..sampling_plan import SamplingPlan
 from .precision import autocast
 
 MAX_GRAPHS = 8  # captured loops kept, least recently used dropped
@@ -43,7 +44,7 @@ class DeviceLoop:
     def _loop(self, condition, seeds, samples, plan: SamplingPlan) -> torch.Tensor:
         z = initial_noise(seeds, samples, plan.latent_shape, plan.renormalize)
         for step, row in enumerate(plan.table):
-            t = torch.full((z.shape[0],), float(row[0]), dtype=torch.float32, device=self.device)
+            t = torch.full((z.shape[0],), float(row[COLUMN["t_model"]]), dtype=torch.float32, device=self.device)
             with autocast(self.device, self.precision):
                 out = self.denoiser(z, condition, t)
             z = diffusion_step(z, out, seeds, samples, step, tuple(row), plan.prediction, plan.clip,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import torch
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
 from ..bundle import Bundle
 from ..configs import config_from_dict
-from ..errors import DeviceError
+from ..errors import BundleError, DeviceError
 from .base import NETWORKS, Backend
 
 
@@ -39,10 +40,19 @@ class OnnxRuntimeBackend(Backend):
         # Memory patterns pre-plan one block per input shape: no faster here after the first
         # call, slower on the second, and 1.1 GB more peak RSS (glas512 image encoder).
         options.enable_mem_pattern = False
-        self._sessions = {net: ort.InferenceSession(bundle.onnx(net), options, providers=providers)
-                          for net in NETWORKS}
+        self._sessions = {net: _session(bundle, net, options, providers) for net in NETWORKS}
         self._inputs = {net: [i.name for i in s.get_inputs()] for net, s in self._sessions.items()}
 
     def run(self, network: str, *arrays: np.ndarray) -> np.ndarray:
         feed = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in zip(self._inputs[network], arrays)}
         return self._sessions[network].run(None, feed)[0]
+
+
+def _session(bundle: Bundle, network: str, options, providers) -> ort.InferenceSession:
+    """A session for one network; a graph onnxruntime cannot read (damaged, though its hash
+    matched) is a BundleError naming the network and its file."""
+    try:
+        return ort.InferenceSession(bundle.onnx(network), options, providers=providers)
+    except (InvalidProtobuf, InvalidGraph, Fail) as e:
+        raise BundleError(f"bundle {str(bundle.path)!r}: onnxruntime cannot load the {network} graph "
+                          f"{bundle.network(network)['file']}: {e}; export it again") from e

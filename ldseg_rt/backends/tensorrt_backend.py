@@ -11,7 +11,7 @@ one scratch allocation, as they run one at a time on one stream.
 """
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 from collections import OrderedDict
 
@@ -22,8 +22,9 @@ from ..bundle import Bundle
 from ..configs import config_from_dict
 from ..errors import BackendError, DeviceError
 from .base import Backend
-from .tensorrt_engines import (EngineCache, GpuIdentity, Profile, import_tensorrt, network_profiles,
-                               tensorrt_logger)
+from .tensorrt_engines import EngineCache, GpuIdentity, Profile, import_tensorrt, network_profiles, tensorrt_logger
+
+log = logging.getLogger(__name__)
 
 MAX_SHAPES = 8  # per network: input shapes kept with their context, buffers and graph
 
@@ -196,6 +197,6 @@ class _Shape:
                 self._enqueue(stream)
         except (RuntimeError, BackendError) as e:
             self.capturable = False
-            print(f"ldseg_rt: {self.network} runs without a CUDA graph (capture failed: {e})", file=sys.stderr)
+            log.warning("%s runs without a CUDA graph (capture failed: %s)", self.network, e)
             return
         self.graph = graph

@@ -12,8 +12,8 @@ TensorRT flavour (the tests use TensorRT-RTX, which builds without a GPU).
 from __future__ import annotations
 
 import json
+import logging
 import re
-import sys
 import time
 import warnings
 from collections import deque
@@ -23,9 +23,11 @@ from types import ModuleType
 
 import torch
 
-from ..atomic import replacing
 from ..bundle import Bundle, sha256
 from ..errors import BackendError, InvalidArgumentError
+from ..io.atomic import replacing
+
+log = logging.getLogger(__name__)
 
 MIN_TENSORRT = 10  # execute_async_v3, set_input_shape and user-managed context memory
 TIMING_CACHE = "timing.cache"
@@ -239,10 +241,9 @@ class EngineCache:
         return "has not been built yet"
 
     def _build(self, network: str, profile: Profile, expected: dict, reason: str) -> CachedPlan:
-        print(f"ldseg_rt: the TensorRT engine for {network} {reason}: building it ({self.precision}, "
-              f"batch {profile.min}..{profile.max}, tuned for {profile.opt}) for {self.gpu.name} with "
-              f"TensorRT {self.version}; this can take minutes, once per GPU, TensorRT version and precision",
-              file=sys.stderr, flush=True)
+        log.warning("the TensorRT engine for %s %s: building it (%s, batch %d..%d, tuned for %d) for %s with "
+                    "TensorRT %s; this can take minutes, once per GPU, TensorRT version and precision",
+                    network, reason, self.precision, profile.min, profile.max, profile.opt, self.gpu.name, self.version)
         start = time.perf_counter()
         timing_file = self.folder / TIMING_CACHE
         timing = timing_file.read_bytes() if timing_file.is_file() else None
@@ -257,8 +258,7 @@ class EngineCache:
             kept = f"cached in {self.folder}"
         except OSError as e:  # a read-only bundle still runs, it just builds again next time
             kept = f"not cached ({e}): it will be built again next time"
-        print(f"ldseg_rt: built the {network} engine in {time.perf_counter() - start:.0f} s; {kept}",
-              file=sys.stderr, flush=True)
+        log.warning("built the %s engine in %.0f s; %s", network, time.perf_counter() - start, kept)
         return CachedPlan(plan, profile, built=True)
 
 
@@ -332,6 +332,6 @@ def _make_logger(trt: ModuleType):
             if severity in shown[:2]:
                 self.errors.append(msg)
             if severity in shown:
-                print(f"TensorRT: {msg}", file=sys.stderr)
+                log.warning("TensorRT: %s", msg)
 
     return Logger()

@@ -1,7 +1,7 @@
 """The PyTorch backend: the model's modules (either family), without gradients.
 
 On the CPU they run eagerly on a channels_last copy in fp32, or in bf16 on CPUs with
-AVX-512 bf16 (norms in fp32), and the C++ sampler drives the loop. On CUDA (SPEC section 5)
+AVX-512 bf16 (norms in fp32), and the C++ sampler drives the loop. On CUDA
 the Triton kernels replace attention and GroupNorm+SiLU, the step math and noise run in the
 Triton step kernel, the K-step loop is captured in one CUDA graph, and fp16/bf16 weights are
 available with the norms in fp32. `kernels=False` and `cuda_graphs=False` turn those off,
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..sampling_plan import SamplingPlan
+from ..diffusion.plan import SamplingPlan
 from .base import Backend
 from .precision import autocast, cast_model, check_precision, to_channels_last
 

@@ -1,4 +1,4 @@
-"""End-to-end benchmark of `Segmenter.sample()` (issue 7): latency, throughput, peak memory,
+"""End-to-end benchmark of `Segmenter.sample()`: latency, throughput, peak memory,
 FLOPs and the fraction of the machine's matmul rate they reach, per configuration, n, backend
 and precision, against two plain-PyTorch baselines run in the same process with the same
 weights.

@@ -11,6 +11,7 @@ import torch
 
 def _flop_counter() -> "torch.utils.flop_counter.FlopCounterMode":
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
+
     # The CPU's fused attention op is missing from torch's table; count it like the others.
     cpu_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     return FlopCounterMode(display=False, custom_mapping={cpu_attention: sdpa_flop} if cpu_attention else None)

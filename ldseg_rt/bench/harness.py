@@ -18,13 +18,13 @@ import torch
 from ..backends import BACKENDS, PRECISIONS, resolve_device, tensorrt_available
 from ..backends.precision import check_precision
 from ..configs import get_config
+from ..diffusion.plan import sampling_plan
 from ..errors import BackendError
 from ..models import build_model
-from ..sampling_plan import sampling_plan
 from .baselines import eager_batched, eager_per_sample
 from .flops import flops_per_call
-from .machine import MATMUL_SIZE, RSS_METHODS, PeakMemory, describe_machine, machine_info, matmul_gflops, \
-    rss_method, timed
+from .machine import (MATMUL_SIZE, RSS_METHODS, PeakMemory, describe_machine, machine_info, matmul_gflops, rss_method,
+                      timed)
 from .report import format_text_table, markdown_section, rewrite_section, table_rows
 
 ROW_KEYS = ("config", "backend", "precision", "n", "steps", "latency_ms", "samples_per_s", "flops", "gflops_per_s",

@@ -1,6 +1,6 @@
 """PyTorch reference modules of the model families."""
 from .ambiguous import AmbiguousModel, AmbiguousUNet
-from .ldseg import LDSeg, Denoiser, ImageEncoder, LabelDecoder, LabelEncoder
+from .ldseg import Denoiser, ImageEncoder, LabelDecoder, LabelEncoder, LDSeg
 
 MODELS = {"ldseg": LDSeg, "ambiguous": AmbiguousModel}  # by configuration family
 

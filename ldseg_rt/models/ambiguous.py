@@ -1,4 +1,4 @@
-"""The pixel-space ambiguous-segmentation denoiser in PyTorch (SPEC section 1 P; Christensen
+"""The pixel-space ambiguous-segmentation denoiser in PyTorch (Christensen
 et al., SCIA 2025; original: JakobLC/AmbDiffSeg, models/unet.py `UNetModel`).
 
 A U-Net maps the noisy mask x_t (one channel, x0 = 2m - 1), the image (concatenated after
@@ -33,7 +33,7 @@ Every other weight has PyTorch's default initialisation, as in the original; wit
 inits the output of a fresh model is exactly 0 (tanh(0) = 0). Modules are built in the
 original's order, so under the same torch seed a fresh model draws the original's weights.
 
-Parameters: amb128 has 6,891,329, the SPEC's "about 6.9M" (6.89M). The original's module
+Parameters: amb128 has 6,891,329, the paper's "about 6.9M" (6.89M). The original's module
 built from its default config has 6,891,905: its LIDC slices are grayscale repeated to 3
 channels (then normalised per channel), so its stem sees 1 + 3 channels where ours sees
 1 + in_channels = 2; the difference is exactly the stem's 2 x 32 x 9 = 576 weights, and a

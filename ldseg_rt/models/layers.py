@@ -1,4 +1,4 @@
-"""Keras-compatible building blocks for the LDSeg port (SPEC section 1 L).
+"""Keras-compatible building blocks for the LDSeg port.
 
 The original is TF/Keras; these modules reproduce its numerics in PyTorch: norm epsilon
 1e-3, TF 'same' padding (asymmetric for stride 2), Conv2DTranspose 'same' cropping, and

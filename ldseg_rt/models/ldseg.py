@@ -1,4 +1,4 @@
-"""LDSeg's four networks in PyTorch (SPEC section 1 L; Zaman et al.).
+"""LDSeg's four networks in PyTorch (Zaman et al.).
 
 Inference uses the image encoder E (image -> condition latent z_i), the denoiser D
 (eps from [z_t, z_i] and t) and the label decoder G (latent -> class probabilities); the
@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import LDSegConfig
-from .layers import (KERAS_EPS, ConvBlock, ResConvBlock, ResidualBlock, SameConv2d,
-                     SameConvTranspose2d, SelfAttention, TimeEmbedding, batch_norm, dense,
-                     glorot_, group_norm)
+from .layers import (KERAS_EPS, ConvBlock, ResConvBlock, ResidualBlock, SameConv2d, SameConvTranspose2d, SelfAttention,
+                     TimeEmbedding, batch_norm, dense, glorot_, group_norm)
 
 
 class ImageEncoder(nn.Module):

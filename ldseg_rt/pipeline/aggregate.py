@@ -1,0 +1,73 @@
+"""n samples' class probabilities -> per-sample class maps, mean probabilities, consensus
+and normalised predictive entropy; in one call, or streamed as the decoder produces chunks
+of samples (so the n samples' probabilities never have to be held at once)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def resize_probs(probs: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """Bilinear (antialiased when shrinking) resize of (n, C, h, w) probabilities; weights are
+    convex, so each pixel still sums to 1. size None: as they are."""
+    if size is None or tuple(probs.shape[-2:]) == tuple(size):
+        return probs
+    return F.interpolate(probs, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def class_argmax(probs: torch.Tensor, dim: int) -> torch.Tensor:
+    """torch.argmax(probs, dim) as uint8 (the first of equal maxima), in one pass per class:
+    torch's argmax over the class axis of NCHW is strided and about 80x slower on the CPU
+    (800 ms against 10 for 16 x 2 x 512 x 512)."""
+    best = probs.select(dim, 0)
+    index = torch.zeros(best.shape, dtype=torch.uint8, device=probs.device)
+    for c in range(1, probs.shape[dim]):
+        candidate = probs.select(dim, c)
+        better = candidate > best
+        index.masked_fill_(better, c)
+        best = torch.where(better, candidate, best)
+    return index
+
+
+class Aggregator:
+    """Add chunks of (b, C, h, w) probabilities, then `result()`: samples (n, H, W) uint8,
+    mean probabilities (C, H, W) float32, consensus (H, W) uint8 and uncertainty (H, W) in
+    [0, 1] (entropy / log C). Chunks are resized to `size` first (None: kept as they are).
+    keep_samples=False keeps no per-sample maps (samples is then None): memory independent of n."""
+
+    def __init__(self, size: tuple[int, int] | None = None, keep_samples: bool = True):
+        self.size = size
+        self.keep_samples = keep_samples
+        self._samples: list[torch.Tensor] = []
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+
+    def add(self, probs: torch.Tensor) -> None:
+        probs = resize_probs(probs.float(), self.size)
+        if self.keep_samples:
+            self._samples.append(class_argmax(probs, 1))
+        total = probs.sum(dim=0)
+        self._sum = total if self._sum is None else self._sum.add_(total)
+        self._count += probs.shape[0]
+
+    def result(self):
+        if not self._count:
+            raise ValueError("no samples were added")
+        mean = self._sum / self._count
+        entropy = -(mean * torch.log(mean.clamp_min(1e-12))).sum(dim=0)
+        uncertainty = (entropy / math.log(mean.shape[0])).clamp(0.0, 1.0)
+        samples = torch.cat(self._samples) if self.keep_samples else None
+        return samples, mean, class_argmax(mean, 0), uncertainty
+
+
+def aggregate(probs: torch.Tensor):
+    """All n samples' (n, C, H, W) probabilities at once. On a GPU one Triton pass does it
+    all (imported only then: the CPU needs no triton)."""
+    if probs.is_cuda:
+        from ..kernels.aggregate import aggregate as fused
+        return fused(probs)
+    aggregator = Aggregator()
+    aggregator.add(probs)
+    return aggregator.result()

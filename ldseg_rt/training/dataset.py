@@ -1,0 +1,100 @@
+"""Training examples at the model's input size: (image (C, S, S) float32 in [0, 1],
+label (S, S) uint8), or for the pixel-space family (image, annotations (M, S, S) uint8).
+Images go through the same `prepare` as at inference, so a model sees in training exactly
+what the Segmenter will hand it."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..configs import LDSegConfig
+from ..data.ambiguous import TRAIN_SEEDS, AmbiguousDataset
+from ..data.phantoms import NUM_CLASSES, make_phantom
+from ..errors import DatasetError
+from ..io.images import read_image, read_label
+from ..io.pairs import find_pairs
+from ..io.volumes import read_volume, volume_slices
+from ..pipeline.preprocess import prepare
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def resize_label(label: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of a class map."""
+    if label.shape == (size, size):
+        return label.astype(np.uint8)
+    resized = F.interpolate(torch.from_numpy(label.astype(np.float32))[None, None], size=(size, size),
+                            mode="nearest-exact")
+    return resized[0, 0].numpy().astype(np.uint8)
+
+
+def example(image: np.ndarray, label: np.ndarray, cfg: LDSegConfig) -> tuple[np.ndarray, np.ndarray]:
+    if label.max(initial=0) >= cfg.num_classes:
+        raise DatasetError(f"label has class {int(label.max())}, model {cfg.name!r} has {cfg.num_classes} classes")
+    return prepare(image, cfg).pixels, resize_label(label, cfg.image_size)
+
+
+class SyntheticData:
+    """Phantoms generated on the fly from seeds [0, count); evaluation uses other seeds."""
+
+    def __init__(self, cfg: LDSegConfig, count: int = 100_000):
+        if cfg.num_classes != NUM_CLASSES:
+            raise DatasetError(f"synthetic phantoms have {NUM_CLASSES} classes, model {cfg.name!r} has {cfg.num_classes}")
+        self.cfg, self.count = cfg, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int):
+        image, label = make_phantom(self.cfg.image_size, i, self.cfg.in_channels)
+        return example(image, label, self.cfg)
+
+
+def folder_data(cfg: LDSegConfig, pairs) -> list:
+    """Image/label file pairs, read once and held in memory."""
+    return [example(read_image(i), read_label(l), cfg) for i, l in pairs]
+
+
+def volume_data(cfg: LDSegConfig, pairs, axis: int) -> list:
+    """Every 2-D slice along `axis` of each (volume, label volume) file pair."""
+    data = []
+    for image_path, label_path in pairs:
+        volume, label = read_volume(image_path)[0], read_volume(label_path)[0]
+        if volume.shape != label.shape:
+            raise DatasetError(f"{image_path.name} {volume.shape} and {label_path.name} {label.shape} differ in shape")
+        for image, lab in zip(volume_slices(volume, axis), volume_slices(label, axis)):
+            data.append(example(np.asarray(image, np.float32), np.rint(lab).astype(np.int64), cfg))
+    return data
+
+
+class AmbiguousSyntheticData:
+    """Synthetic ambiguous lesions (ldseg_rt.data.ambiguous) from its training seeds, each
+    image with its fixed annotations; the trainer picks one per step."""
+
+    def __init__(self, cfg, count: int = 100_000, annotators: int = 4):
+        self.cfg = cfg
+        self.cases = AmbiguousDataset(cfg.image_size, TRAIN_SEEDS[:count], annotators)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int):
+        image, annotations = self.cases[i]
+        return prepare(image, self.cfg).pixels, annotations
+
+
+def build_dataset(cfg, data: str, label_dir=None, axis: int = 2):
+    """'synthetic', or a folder of images or NIfTI volumes paired by name with `label_dir`."""
+    if cfg.family == "ambiguous":
+        if data != "synthetic":
+            raise DatasetError(f"the pixel-space family trains on --data synthetic (annotation sets); got {data!r}")
+        return AmbiguousSyntheticData(cfg)
+    if data == "synthetic":
+        return SyntheticData(cfg)
+    if label_dir is None:
+        raise DatasetError("a folder of images needs --labels, the folder of matching label maps")
+    pairs = find_pairs(data, label_dir)
+    if any(image.name.endswith(NIFTI_SUFFIXES) for image, _ in pairs):
+        return volume_data(cfg, pairs, axis)
+    return folder_data(cfg, pairs)

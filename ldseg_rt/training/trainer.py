@@ -1,0 +1,114 @@
+"""Training of both families (objectives in ldseg_rt.training.objectives): Adam, an EMA
+(0.999) of the denoiser that is what a checkpoint's inference weights hold, checkpoints every
+K steps, and exact resumption (every step's randomness, batch, flips, t, eps and dropout,
+comes from a generator keyed by (seed, step))."""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..backends import resolve_device
+from ..configs import config_from_dict
+from ..errors import InvalidArgumentError, ModelLoadError
+from ..models import build_model
+from ..models.checkpoint import read_checkpoint, save_checkpoint
+from .batches import draw_batch, step_generator
+from .objectives import OBJECTIVES
+from .settings import check_settings
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 4000
+    batch_size: int = 8
+    lr: float = 1e-3
+    ema: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 500
+    augment: bool = True
+    clip_grad: float = 0.0  # max gradient norm; 0 is no clipping (the pixel-space original uses 1)
+
+    def __post_init__(self):
+        check_settings(self, positive=("batch_size", "lr", "checkpoint_every"), non_negative=("steps", "seed", "clip_grad"))
+        if not 0 <= self.ema < 1:
+            raise InvalidArgumentError(f"ema must be in [0, 1), got {self.ema!r}")
+
+
+class Trainer:
+    """Holds the networks, the denoiser's EMA and the optimiser; saves and resumes."""
+
+    def __init__(self, cfg, settings: TrainSettings, device="auto", init_seed: int = 0):
+        self.settings = settings
+        self.device = resolve_device(device)
+        self.model = build_model(cfg, seed=init_seed).to(self.device)
+        self.ema = copy.deepcopy(self.model.denoiser).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        self.step = 0
+
+    @classmethod
+    def resume(cls, path, settings: TrainSettings | None = None, device="auto") -> "Trainer":
+        """Continue a run from its checkpoint: all networks, the EMA, the optimiser."""
+        payload = read_checkpoint(path)
+        state = payload.get("training")
+        if state is None:
+            raise ModelLoadError(f"{path} holds inference weights only (no training state); it cannot be resumed")
+        trainer = cls(config_from_dict(payload["config"], payload.get("family", "ldseg")),
+                      settings or TrainSettings(**state["settings"]), device)
+        trainer.model.load_state_dict(payload["state_dict"])
+        trainer.ema.load_state_dict(trainer.model.denoiser.state_dict())
+        trainer.model.denoiser.load_state_dict(state["denoiser"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        for group in trainer.optimizer.param_groups:  # a resumed run may change the rate
+            group["lr"] = trainer.settings.lr
+        trainer.step = state["step"]
+        return trainer
+
+    def train_step(self, dataset) -> dict:
+        s, cfg = self.settings, self.model.config
+        gen = step_generator(s.seed, self.step)
+        torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=gen)))  # dropout
+        images, labels = draw_batch(dataset, s.batch_size, gen, s.augment)
+        self.model.train()
+        losses = OBJECTIVES[cfg.family](self.model, images.to(self.device), labels.to(self.device), gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if s.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_grad)
+        self.optimizer.step()
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.denoiser.parameters()):
+                e.lerp_(p, 1 - s.ema)
+        self.step += 1
+        return {k: v.item() for k, v in losses.items()}
+
+    def inference_model(self):
+        """The model as it is used: the denoiser's EMA in place of the trained denoiser."""
+        model = copy.deepcopy(self.model).eval()
+        model.denoiser.load_state_dict(self.ema.state_dict())
+        return model.cpu()
+
+    def save(self, path) -> Path:
+        training = {"denoiser": self.model.denoiser.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "step": self.step, "settings": asdict(self.settings)}
+        return save_checkpoint(self.inference_model(), path, training=training)
+
+    def fit(self, dataset, out, progress: bool = True) -> None:
+        """Train up to settings.steps, saving every checkpoint_every steps; on return `out`
+        always holds a checkpoint of the current step, even when no step was left to run."""
+        s = self.settings
+        saved_at = None
+        bar = tqdm(total=s.steps, initial=self.step, disable=not progress, desc="training", unit="step")
+        while self.step < s.steps:
+            losses = self.train_step(dataset)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            if self.step % s.checkpoint_every == 0:
+                self.save(out)
+                saved_at = self.step
+        bar.close()
+        if saved_at != self.step:
+            self.save(out)

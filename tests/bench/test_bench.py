@@ -1,0 +1,124 @@
+"""The benchmark harness (ldseg_rt.bench, `python -m ldseg_rt bench`): a row's record, the
+FLOP accounting against counts taken here independently, the eager baselines against the
+Segmenter, and the rewrite of RESULTS.md's generated section. No timing assertions."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import perturbed
+from ldseg_rt import Segmenter
+from ldseg_rt import bench as harness
+from ldseg_rt.backends.precision import cpu_has_bf16
+from ldseg_rt.cli import main as cli_main
+from ldseg_rt.configs import get_config
+from ldseg_rt.diffusion.plan import sampling_plan
+from ldseg_rt.models import build_model
+
+
+def counted(network, *inputs) -> int:
+    """FLOPs of one call on real CPU tensors, attention forced into its math (bmm) form so
+    that torch's own table counts it (the harness counts shapes on the meta device)."""
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), counter:
+        network(*inputs)
+    return counter.get_total_flops()
+
+
+def expected_flops(model, n: int) -> int:
+    cfg = model.config
+    image = torch.rand(1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    z_t, z_i = torch.randn(n, *cfg.latent_shape), torch.randn(n, *cfg.condition_shape)
+    t = torch.full((n,), 500.0)
+    return (counted(model.image_encoder, image) + cfg.steps * counted(model.denoiser, z_t, z_i, t)
+            + counted(model.decoder, z_t))
+
+
+def test_row_records_and_flops(small_model):
+    bench = harness.Bench(warmup=0, repeats=1, device="cpu", models={"small": small_model}, matmul_size=256,
+                          matmul_repeats=1)
+    try:
+        records = [bench.row("small", backend, "fp32", 1) for backend in ("torch", "onnxruntime")]
+    finally:
+        bench.release("small")
+    flops = expected_flops(small_model, 1)
+    assert flops > 0
+    for record, backend in zip(records, ("torch", "onnxruntime")):
+        assert tuple(record) == harness.ROW_KEYS
+        assert (record["config"], record["backend"], record["precision"], record["n"], record["steps"]) == \
+            ("small", backend, "fp32", 1, 15)
+        assert record["flops"] == flops
+        for key in harness.ROW_KEYS[5:]:
+            assert isinstance(record[key], (int, float)) and math.isfinite(record[key]) and record[key] > 0, key
+        json.dumps(record)
+    assert set(bench.baselines) == {("small", 1, torch.device("cpu"))}
+
+
+def test_flops_scale_with_the_batch_each_network_runs_at(small_model):
+    assert harness.flops_per_call(small_model, 4, small_model.config.steps) == expected_flops(small_model, 4)
+
+
+@pytest.mark.parametrize("name", ["small", "amb_small"])
+def test_eager_baselines_match_the_segmenter(name, small_model, rng):
+    """Same weights, same Philox noise: the plain torch loops give the Segmenter's samples
+    (LDSeg's eps/DDIM with renormalisation; the pixel family's x-prediction, clipping and
+    DDPM noise at every step)."""
+    model = small_model if name == "small" else perturbed(build_model(get_config(name), seed=5), seed=6)
+    cfg, n, seed = model.config, 3, int(rng.integers(2 ** 63))
+    image = rng.random((cfg.image_size + 8, cfg.image_size - 8), dtype=np.float32)  # resized in and out
+    plan = sampling_plan(cfg, cfg.steps, float(cfg.eta))
+    res = Segmenter(model, backend="torch", device="cpu").sample(image, n=n, seed=seed)
+    for run in (harness.eager_batched, harness.eager_per_sample):
+        samples, mask, latents = run(model, image, n, seed, plan)
+        assert samples.shape == (n, *image.shape) and samples.dtype == np.uint8 and mask.shape == image.shape
+        assert samples.max() < cfg.num_classes
+        assert np.abs(latents - res.latents).max() < 1e-4, run.__name__
+        assert (samples == res.samples).mean() >= 0.999, run.__name__
+        assert (mask == res.mask).mean() >= 0.999, run.__name__
+
+
+def test_rewrite_section_keeps_the_rest_of_the_file(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\nbefore\n")
+    first = f"{harness.MARK_START}\nfirst\n{harness.MARK_END}"
+    harness.rewrite_section(md, first)
+    assert md.read_text() == f"# Results\n\nbefore\n\n{first}\n"
+    md.write_text(md.read_text() + "\n## After\n\nkept\n")
+    second = f"{harness.MARK_START}\nsecond\n{harness.MARK_END}"
+    harness.rewrite_section(md, second)
+    assert md.read_text() == f"# Results\n\nbefore\n\n{second}\n\n## After\n\nkept\n"
+
+
+def test_cli_bench_writes_json_and_markdown(tmp_path, capsys):
+    out, md = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    md.write_text("# Results\n")
+    cli_main(["bench", "--configs", "small", "--n", "1", "--repeats", "1", "--warmup", "0", "--backends", "torch",
+              "--out-json", str(out), "--results-md", str(md)])
+    records = json.loads(out.read_text())
+    # The bf16 row runs exactly where the library's own predicate says this CPU multiplies bf16.
+    precisions = ["fp32"] + (["bf16"] if cpu_has_bf16() else [])
+    assert [tuple(r) for r in records] == [harness.ROW_KEYS] * len(precisions)
+    assert [(r["config"], r["backend"], r["precision"]) for r in records] == [("small", "torch", p) for p in precisions]
+    text = md.read_text()
+    assert text.startswith("# Results\n") and text.count(harness.MARK_START) == 1 and text.count(harness.MARK_END) == 1
+    assert "| small | torch | fp32 | 1 | 15 |" in text and "Machine:" in text
+    printed = capsys.readouterr().out
+    assert "latency ms" in printed
+    if not torch.cuda.is_available():
+        assert "skipped torch fp16: precision 'fp16' with backend 'torch' needs a CUDA device" in printed
+        assert ("skipped torch bf16" in printed) == (not cpu_has_bf16())
+
+
+def test_largest_activation_set_by_hand(small_model):
+    """small: the widest full-resolution layer is the decoder's last 16-channel 128x128 stage,
+    whose 1x1 shortcut holds input and output (each batch x 16 x 128 x 128 float32) at once."""
+    from ldseg_rt.bench.activations import largest_activation_bytes
+    cfg = small_model.config
+    one_sample = 2 * cfg.decoder_widths[-1] * cfg.image_size ** 2 * 4
+    for n, decode_batch, batch in ((16, 4, 4), (16, None, 16), (3, 4, 3)):
+        size, where = largest_activation_bytes(small_model, n, decode_batch)
+        assert size == batch * one_sample and where.startswith("decoder.")
