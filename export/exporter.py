@@ -17,6 +17,7 @@ import ldseg_rt
 from ..bundle import Bundle, write_bundle
 from ..errors import ExportError, InvalidArgumentError
 from ..models.checkpoint import TRAINING_ONLY
+from ..pipeline.preprocess import INTENSITY
 from .onnx_graphs import BATCH, OPSET, network_io, relative_error, to_onnx
 
 CHECK_BATCHES = (1, 16, 32)
@@ -65,7 +66,8 @@ def export_bundle(model, out, class_names: list[str] | None = None, source: str 
     weights = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith(TRAINING_ONLY)}
     files["weights.safetensors"] = safetensors.torch.save(weights)
     manifest = {"family": cfg.family, "source": source, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "config": cfg.to_dict(), "classes": class_names, "preprocessing": _preprocessing(cfg),
+                "config": cfg.to_dict(), "classes": class_names,
+                "preprocessing": _preprocessing(cfg, getattr(model, "input_statistics", None)),
                 "diffusion": _diffusion(cfg), "networks": networks, "versions": _versions()}
     return write_bundle(out, manifest, files, overwrite=overwrite)
 
@@ -74,11 +76,11 @@ def _tensors(shapes: dict[str, list]) -> dict:
     return {name: {"shape": shape, "dtype": "float32", "dynamic_axes": {"0": BATCH}} for name, shape in shapes.items()}
 
 
-def _preprocessing(cfg) -> dict:
+def _preprocessing(cfg, input_statistics: dict | None) -> dict:
     return {"channels": cfg.in_channels, "size": [cfg.image_size, cfg.image_size],
             "resize": "bilinear, antialiased, to size; results resized back to the input's size",
-            "intensity": "min-max per image to [0, 1] (a constant image becomes zeros)",
-            "layout": "NCHW float32"}
+            "intensity": INTENSITY, "layout": "NCHW float32",
+            "input_statistics": input_statistics}  # the training images' ranges; None where not recorded
 
 
 def _diffusion(cfg) -> dict:

@@ -6,10 +6,8 @@ aggregate(probs): (n, C, H, W) class probabilities (fp32, fp16 or bf16) ->
   mask (H, W) uint8            consensus: argmax of the mean,
   uncertainty (H, W) float32   normalised predictive entropy of the mean,
                                -sum_c p log max(p, 1e-12) / log C, clamped to [0, 1].
-aggregate_class_maps(maps, num_classes): the same from (n, H, W) integer class maps, whose
-  one-hot encodings are the probabilities (samples are the maps themselves).
 
-Conventions are those of ldseg_rt.aggregate.aggregate: ties go to the lowest class index
+Conventions are those of ldseg_rt.pipeline.aggregate.aggregate: ties go to the lowest class index
 (torch.argmax), p = 0 contributes 0 to the entropy (through the 1e-12 clamp). Beyond it, C must be
 in [2, 256] (log C > 0, classes fit uint8) and n >= 1. NaN inputs are not supported.
 
@@ -17,8 +15,7 @@ Against that torch function in fp32: samples identical; mean and uncertainty wit
 absolute (~3e-7 seen; the n-sample sum is taken in another order); consensus identical except
 where the top two mean probabilities are within 1e-6 of each other. Every class is summed in the
 same order here, so exactly tied inputs keep exactly tied means and the lowest class wins (torch's
-mean may round such copies 1 ulp apart). The class-map version is exact in its mean, samples and
-consensus (counts / n), its uncertainty within 1e-5 of float64.
+mean may round such copies 1 ulp apart).
 """
 from __future__ import annotations
 
@@ -79,23 +76,8 @@ def _aggregate_kernel(probs_ptr, samples_ptr, mean_ptr, mask_ptr, unc_ptr, n, nu
     _finish(total, n, num_classes, log_c, pix, pmask, mean_ptr, mask_ptr, unc_ptr, spatial, BLOCK_C)
 
 
-@triton.jit
-def _class_maps_kernel(maps_ptr, mean_ptr, mask_ptr, unc_ptr, n, num_classes, spatial, log_c,
-                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = pix < spatial
-    classes = tl.arange(0, BLOCK_C)
-    m_ptrs = maps_ptr + pix
-    counts = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)  # exact up to 2**24 samples
-    for _ in range(n):
-        label = tl.load(m_ptrs, mask=pmask, other=0).to(tl.int32)  # masked pixels are not stored
-        counts += tl.where(classes[:, None] == label[None, :], 1.0, 0.0)
-        m_ptrs += spatial
-    _finish(counts, n, num_classes, log_c, pix, pmask, mean_ptr, mask_ptr, unc_ptr, spatial, BLOCK_C)
-
-
 def aggregate_reference(probs: torch.Tensor):
-    """Plain torch, the conventions of ldseg_rt.aggregate.aggregate with the mean in float32."""
+    """Plain torch, the conventions of ldseg_rt.pipeline.aggregate.aggregate with the mean in float32."""
     p = probs.float()
     samples = p.argmax(dim=1).to(torch.uint8)
     mean = p.mean(dim=0)
@@ -103,12 +85,6 @@ def aggregate_reference(probs: torch.Tensor):
     entropy = -(mean * torch.log(mean.clamp_min(1e-12))).sum(dim=0)
     uncertainty = (entropy / math.log(p.shape[1])).clamp(0.0, 1.0)
     return samples, mean, mask, uncertainty
-
-
-def aggregate_class_maps_reference(maps: torch.Tensor, num_classes: int):
-    """Plain torch: the maps' one-hot encodings aggregated as probabilities."""
-    one_hot = torch.nn.functional.one_hot(maps.long(), num_classes).permute(0, 3, 1, 2)
-    return aggregate_reference(one_hot.float())
 
 
 def _check_classes(name: str, num_classes: int) -> None:
@@ -161,29 +137,3 @@ def aggregate(probs: torch.Tensor):
             probs, samples, mean, mask, uncertainty, n, num_classes, h * w, math.log(num_classes),
             BLOCK_C=block_c, BLOCK_P=block_p)
     return samples, mean, mask, uncertainty
-
-
-def aggregate_class_maps(maps: torch.Tensor, num_classes: int):
-    """Triton aggregation of (n, H, W) integer class maps with labels in [0, num_classes):
-    (samples = the maps as uint8, mean one-hot probabilities, consensus, uncertainty)."""
-    if maps.dim() != 3:
-        raise ValueError(f"aggregate_class_maps: maps must be (n, H, W), got shape {tuple(maps.shape)}")
-    if maps.dtype.is_floating_point or maps.dtype.is_complex or maps.dtype == torch.bool:
-        raise TypeError(f"aggregate_class_maps: maps must hold integer labels, got {maps.dtype}")
-    n, h, w = maps.shape
-    if n < 1:
-        raise ValueError("aggregate_class_maps: needs at least one sample, got n = 0")
-    _check_classes("aggregate_class_maps", num_classes)
-    _check_launch("aggregate_class_maps", maps)
-    # A label out of range would silently count for no class; this check syncs a GPU once.
-    if maps.numel() and (int(maps.min()) < 0 or int(maps.max()) >= num_classes):
-        raise ValueError(f"aggregate_class_maps: labels must be in [0, {num_classes}), got "
-                         f"[{int(maps.min())}, {int(maps.max())}]")
-    maps = maps.contiguous()
-    mean, mask, uncertainty = _outputs(num_classes, h, w, maps.device)
-    if h * w:
-        block_c, block_p = _blocks(num_classes, h * w)
-        _class_maps_kernel[(triton.cdiv(h * w, block_p),)](
-            maps, mean, mask, uncertainty, n, num_classes, h * w, math.log(num_classes),
-            BLOCK_C=block_c, BLOCK_P=block_p)
-    return maps.to(torch.uint8), mean, mask, uncertainty

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .backends import NEEDS_BUNDLE, create_backend
-from .bundle import is_bundle, load_bundle
+from .bundle import Bundle, is_bundle, load_bundle
 from .configs import get_config
 from .diffusion.plan import sampling_plan
 from .errors import InvalidArgumentError
@@ -90,6 +90,9 @@ class Segmenter:
         source = load_bundle(engine) if is_bundle(engine) else load_model(engine)
         self.backend = create_backend(backend, source, device, precision, **backend_options)
         self.config = self.backend.config
+        # The training images' statistics, where training recorded them: images unlike them are flagged.
+        self.input_statistics = (source.manifest["preprocessing"].get("input_statistics") if isinstance(source, Bundle)
+                                 else getattr(source, "input_statistics", None))
 
     @classmethod
     def from_config(cls, name: str, seed: int = 0, backend: str = "auto", device="auto",
@@ -145,7 +148,7 @@ class Segmenter:
         clock = _Stopwatch()
         total = time.perf_counter()
         with clock.stage("preprocess"):
-            prepared = [prepare(img, self.config) for img in imgs]
+            prepared = [prepare(img, self.config, self.input_statistics) for img in imgs]
         for p in prepared:
             self._check_memory(p.size, n, return_samples)
         with clock.stage("encode"):

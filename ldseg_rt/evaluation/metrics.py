@@ -43,6 +43,8 @@ import sys
 
 import numpy as np
 
+from ..errors import ImageTypeError, InvalidArgumentError
+
 _XENT_EPS = 1e-8  # the original's pixel_wise_xent eps: log(p + eps)
 _NCC_EPS = 1e-8  # the original's ncc eps, added to the normalisers
 _CONSTANT_RTOL = 1e-11  # a map with std <= this * max |map| is constant (rounding noise)
@@ -58,10 +60,10 @@ def _to_numpy(x, name: str) -> np.ndarray:
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged nested lists and the like
-        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}") from exc
+        raise ImageTypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}") from exc
     if arr.dtype == object or not (arr.dtype == bool or np.issubdtype(arr.dtype, np.integer)
                                    or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"{name} must be a bool, integer or float array (a numpy array or torch tensor), "
+        raise ImageTypeError(f"{name} must be a bool, integer or float array (a numpy array or torch tensor), "
                         f"got {type(x).__name__} of dtype {arr.dtype}")
     return arr
 
@@ -75,18 +77,18 @@ def _as_binary(x, name: str) -> np.ndarray:
     if bad.any():
         values = np.unique(arr[bad])
         shown = ", ".join(repr(v.item()) for v in values[:5]) + (", ..." if len(values) > 5 else "")
-        raise ValueError(f"{name} must be a binary mask with values in {{0, 1}}, found {shown}")
+        raise InvalidArgumentError(f"{name} must be a binary mask with values in {{0, 1}}, found {shown}")
     return arr != 0
 
 
 def _check_set(arr: np.ndarray, name: str, letter: str) -> None:
     if arr.ndim != 3:
-        raise ValueError(f"{name} must have rank 3, shape ({letter}, H, W), got rank {arr.ndim} "
+        raise InvalidArgumentError(f"{name} must have rank 3, shape ({letter}, H, W), got rank {arr.ndim} "
                          f"with shape {arr.shape}")
     if arr.shape[0] < 1:
-        raise ValueError(f"{name} is an empty set: {letter} must be >= 1, got shape {arr.shape}")
+        raise InvalidArgumentError(f"{name} is an empty set: {letter} must be >= 1, got shape {arr.shape}")
     if arr.shape[1] < 1 or arr.shape[2] < 1:
-        raise ValueError(f"{name} has empty images: H and W must be >= 1, got shape {arr.shape}")
+        raise InvalidArgumentError(f"{name} has empty images: H and W must be >= 1, got shape {arr.shape}")
 
 
 def _mask_sets(samples, annotations, samples_name: str = "samples") -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +98,7 @@ def _mask_sets(samples, annotations, samples_name: str = "samples") -> tuple[np.
     _check_set(s, samples_name, "N")
     _check_set(y, "annotations", "M")
     if s.shape[1:] != y.shape[1:]:
-        raise ValueError(f"{samples_name} and annotations differ in image size (H, W): "
+        raise InvalidArgumentError(f"{samples_name} and annotations differ in image size (H, W): "
                          f"{s.shape[1:]} vs {y.shape[1:]}")
     return s.reshape(len(s), -1), y.reshape(len(y), -1)
 
@@ -120,7 +122,7 @@ def iou(a, b) -> float:
     (H, W)). Two empty masks give 1, one empty and one non-empty give 0."""
     a, b = _as_binary(a, "a"), _as_binary(b, "b")
     if a.shape != b.shape:
-        raise ValueError(f"masks differ in shape: {a.shape} vs {b.shape}")
+        raise InvalidArgumentError(f"masks differ in shape: {a.shape} vs {b.shape}")
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
@@ -130,7 +132,7 @@ def dice(pred, target) -> float:
     (H, W)). Two empty masks give 1, one empty and one non-empty give 0."""
     pred, target = _as_binary(pred, "pred"), _as_binary(target, "target")
     if pred.shape != target.shape:
-        raise ValueError(f"masks differ in shape: {pred.shape} vs {target.shape}")
+        raise InvalidArgumentError(f"masks differ in shape: {pred.shape} vs {target.shape}")
     total = pred.sum() + target.sum()
     return 1.0 if total == 0 else float(2 * np.logical_and(pred, target).sum() / total)
 
@@ -232,7 +234,7 @@ def ncc(sample_probs, annotations) -> float:
         finite = p[~np.isnan(p)]
         found = [f"values in [{finite.min()}, {finite.max()}]"] if finite.size else []
         found += ["NaN"] if finite.size < p.size else []
-        raise ValueError("sample_probs must hold masks or probabilities with values in [0, 1], "
+        raise InvalidArgumentError("sample_probs must hold masks or probabilities with values in [0, 1], "
                          f"found {' and '.join(found)}")
     _, y = _mask_sets(p != 0, annotations, "sample_probs")  # validates annotations and sizes
     p = p.reshape(len(p), -1).astype(np.float64)

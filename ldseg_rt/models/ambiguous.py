@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import AmbiguousConfig
+from ..errors import ConfigError
 from .layers import GroupNormSiLU
 
 NORM_EPS = 1e-5  # PyTorch's GroupNorm default, which the original uses
@@ -115,7 +116,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, channels: int, heads: int, groups: int):
         super().__init__()
         if channels % heads:
-            raise ValueError(f"{channels} channels do not split into {heads} heads")
+            raise ConfigError(f"{channels} channels do not split into {heads} heads")
         self.heads = heads
         self.norm = group_norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)

@@ -25,10 +25,12 @@ TRAINING_ONLY = "label_encoder."  # weights sampling never uses
 
 
 def save_checkpoint(model: nn.Module, path, **extra) -> Path:
-    """Write the model and `extra` entries (tensors, numbers, strings) atomically."""
+    """Write the model, the statistics of its training images (if recorded) and `extra`
+    entries (tensors, numbers, strings) atomically."""
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, "family": model.config.family,
-               "config": model.config.to_dict(), "state_dict": model.state_dict(), **extra}
+               "config": model.config.to_dict(), "state_dict": model.state_dict(),
+               "input_statistics": getattr(model, "input_statistics", None), **extra}
     with replacing(path) as tmp, open(tmp, "xb") as f:
         torch.save(payload, f)
     return path
@@ -79,7 +81,9 @@ def save_inference_checkpoint(model: nn.Module, path) -> Path:
 
 def load_checkpoint(path) -> nn.Module:
     payload = read_checkpoint(path)
-    return _with_weights(payload.get("config"), payload.get("family", "ldseg"), payload.get("state_dict"), str(path))
+    model = _with_weights(payload.get("config"), payload.get("family", "ldseg"), payload.get("state_dict"), str(path))
+    model.input_statistics = payload.get("input_statistics")
+    return model
 
 
 def model_from_bundle(bundle: Bundle) -> nn.Module:
@@ -88,7 +92,9 @@ def model_from_bundle(bundle: Bundle) -> nn.Module:
         weights = safetensors.torch.load(bundle.read("weights.safetensors"))
     except SafetensorError as e:
         raise ModelLoadError(f"{str(bundle.path)!r}: weights.safetensors cannot be read: {e}") from e
-    return _with_weights(bundle.manifest["config"], bundle.manifest["family"], weights, str(bundle.path))
+    model = _with_weights(bundle.manifest["config"], bundle.manifest["family"], weights, str(bundle.path))
+    model.input_statistics = bundle.manifest.get("preprocessing", {}).get("input_statistics")
+    return model
 
 
 def _with_weights(config: dict | None, family: str, state_dict: dict | None, where: str):

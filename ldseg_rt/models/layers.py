@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 KERAS_EPS = 1e-3  # Keras' default epsilon for BatchNorm, GroupNorm and LayerNorm
 KERAS_BN_MOMENTUM = 0.01  # Keras momentum 0.99 in PyTorch's convention
 
@@ -107,7 +109,7 @@ class SelfAttention(nn.Module):
     def __init__(self, channels: int, heads: int, groups: int, residual_from_normalized: bool):
         super().__init__()
         if channels % heads:
-            raise ValueError(f"{channels} channels do not split into {heads} heads")
+            raise ConfigError(f"{channels} channels do not split into {heads} heads")
         self.heads = heads
         self.residual_from_normalized = residual_from_normalized
         self.norm = group_norm(groups, channels)

@@ -10,8 +10,9 @@ image (clipped outside), not between its minimum and maximum, so that a few extr
 constant value filling a border or a corner far below (or above) the rest, as scanners pad
 CT, is left out of the percentiles. On a clean image this is min-max scaling up to the
 clipped 0.5% tails. An image with no contrast is refused; one the model is unlikely to read
-(mostly outside its intensity window, or with no spatial structure: pure noise) gets a
-warning in `SampleResult.warnings`.
+(mostly outside its intensity window, with no spatial structure: pure noise, or far from the
+images the model was trained on, by the statistics training recorded) gets a warning in
+`SampleResult.warnings`.
 """
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ PADDING_MIN_FRACTION = 0.01  # a constant extreme value on at least this share o
 PADDING_GAP = 0.5  # ... and is, when it lies this many window widths beyond the other pixels
 OUTSIDE_WINDOW_WARNING = 0.25  # share of pixels clipped above which the image is flagged
 NOISE_CORRELATION = 0.2  # neighbouring pixels correlate less than this: no structure to segment
+STATISTICS = ("mean", "std", "neighbour_correlation")  # of a prepared image, recorded over training data
+STATISTICS_MARGIN = (0.25, 0.05)  # a training range is widened by 25% of its width plus 0.05 on each side
+INTENSITY = (f"per image, to [0, 1] between its {WINDOW_PERCENTILES[0]}th and {WINDOW_PERCENTILES[1]}th percentiles, "
+             "clipped outside; a constant value padding a border far beyond the rest is left out of the percentiles; "
+             "an image without contrast is refused")
 _TORCH_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
                  torch.uint64)
 
@@ -108,8 +114,33 @@ def _neighbour_correlation(scaled: np.ndarray) -> float:
     return float(pairs / (2 * var))
 
 
-def prepare(img, cfg: LDSegConfig) -> Prepared:
-    """Check the image, resize it to the model's input size and scale its intensity window to [0, 1]."""
+def image_statistics(pixels: np.ndarray) -> dict[str, float]:
+    """What a prepared image (C, S, S) in [0, 1] looks like, by the numbers training records."""
+    return {"mean": float(pixels.mean()), "std": float(pixels.std()),
+            "neighbour_correlation": _neighbour_correlation(pixels)}
+
+
+def statistics_range(images) -> dict[str, list[float]]:
+    """[min, max] of each of STATISTICS over prepared images (an iterable of (C, S, S) arrays)."""
+    values = [image_statistics(pixels) for pixels in images]
+    if not values:
+        return {}
+    return {name: [min(v[name] for v in values), max(v[name] for v in values)] for name in STATISTICS}
+
+
+def _unlike_training(stats: dict[str, float], expected: dict) -> list[str]:
+    out = []
+    for name, (lo, hi) in expected.items():
+        margin = STATISTICS_MARGIN[0] * (hi - lo) + STATISTICS_MARGIN[1]
+        if name in stats and not lo - margin <= stats[name] <= hi + margin:
+            out.append(f"the image's {name.replace('_', ' ')} after scaling, {stats[name]:.3f}, lies far outside "
+                       f"the training images' range [{lo:.3f}, {hi:.3f}]: the model may not read it")
+    return out
+
+
+def prepare(img, cfg: LDSegConfig, expected: dict | None = None) -> Prepared:
+    """Check the image, resize it to the model's input size and scale its intensity window to
+    [0, 1]. expected: the training images' statistics_range, if recorded, to flag images unlike them."""
     pixels, device = _as_channels_first(img)
     channels, h, w = pixels.shape
     if h == 0 or w == 0:
@@ -136,8 +167,10 @@ def prepare(img, cfg: LDSegConfig) -> Prepared:
     if outside > OUTSIDE_WINDOW_WARNING:
         warnings.append(f"{outside:.0%} of the pixels lie outside the image's intensity window "
                         f"[{lo:.4g}, {hi:.4g}]: the model may not read this image")
-    correlation = _neighbour_correlation(scaled)
-    if correlation < NOISE_CORRELATION:
-        warnings.append(f"the image has no spatial structure (neighbouring pixels correlate {correlation:.2f}): "
-                        "it looks like noise, and its segmentation is not to be trusted")
+    stats = image_statistics(scaled)
+    if stats["neighbour_correlation"] < NOISE_CORRELATION:
+        warnings.append(f"the image has no spatial structure (neighbouring pixels correlate "
+                        f"{stats['neighbour_correlation']:.2f}): it looks like noise, and its segmentation is not to "
+                        "be trusted")
+    warnings += _unlike_training(stats, expected or {})
     return Prepared(scaled.astype(np.float32), (h, w), device, warnings)

@@ -8,6 +8,7 @@ import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -16,9 +17,12 @@ from ..configs import config_from_dict
 from ..errors import InvalidArgumentError, ModelLoadError
 from ..models import build_model
 from ..models.checkpoint import read_checkpoint, save_checkpoint
+from ..pipeline.preprocess import statistics_range
 from .batches import draw_batch, step_generator
 from .objectives import OBJECTIVES
 from .settings import check_settings
+
+STATISTICS_EXAMPLES = 512  # training images the recorded input statistics are taken over, evenly spaced
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Trainer:
         trainer = cls(config_from_dict(payload["config"], payload.get("family", "ldseg")),
                       settings or TrainSettings(**state["settings"]), device)
         trainer.model.load_state_dict(payload["state_dict"])
+        trainer.model.input_statistics = payload.get("input_statistics")
         trainer.ema.load_state_dict(trainer.model.denoiser.state_dict())
         trainer.model.denoiser.load_state_dict(state["denoiser"])
         trainer.optimizer.load_state_dict(state["optimizer"])
@@ -98,8 +103,13 @@ class Trainer:
 
     def fit(self, dataset, out, progress: bool = True) -> None:
         """Train up to settings.steps, saving every checkpoint_every steps; on return `out`
-        always holds a checkpoint of the current step, even when no step was left to run."""
+        always holds a checkpoint of the current step, even when no step was left to run. The
+        checkpoint records the statistics of the training images, so that the Segmenter can flag
+        images unlike them."""
         s = self.settings
+        if getattr(self.model, "input_statistics", None) is None:
+            picks = np.linspace(0, len(dataset) - 1, min(len(dataset), STATISTICS_EXAMPLES)).round().astype(int)
+            self.model.input_statistics = statistics_range(dataset[int(i)][0] for i in picks)
         saved_at = None
         bar = tqdm(total=s.steps, initial=self.step, disable=not progress, desc="training", unit="step")
         while self.step < s.steps:

@@ -1,16 +1,14 @@
-"""The Triton aggregation kernels against their torch references, ldseg_rt.aggregate.aggregate
+"""The Triton aggregation kernel against its torch reference, ldseg_rt.pipeline.aggregate.aggregate
 and float64 numpy, on fresh random inputs. Tolerances (fp32): samples identical; mean and
 uncertainty within 1e-5 absolute; consensus identical except at pixels whose top two mean
-probabilities (float64) are within 1e-6, where summation order may pick either. Class maps:
-mean, samples and consensus exact (count / n), uncertainty within 1e-5 of float64."""
+probabilities (float64) are within 1e-6, where summation order may pick either."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from ldseg_rt.kernels.aggregate import (aggregate, aggregate_class_maps, aggregate_class_maps_reference,
-                                        aggregate_reference)
+from ldseg_rt.kernels.aggregate import aggregate, aggregate_reference
 from ldseg_rt.pipeline.aggregate import aggregate as library_aggregate
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -131,39 +129,9 @@ def test_half_inputs(rng, dtype):
     check_against(got, aggregate_reference(probs), probs)
 
 
-def numpy_class_maps(maps, c):
-    """Float64 from the definition: mean one-hot, first-max consensus, 0 log 0 = 0."""
-    counts = np.stack([(maps == k).sum(axis=0) for k in range(c)]).astype(np.float64)
-    mean = counts / maps.shape[0]
-    plogp = np.where(mean > 0, mean * np.log(np.where(mean > 0, mean, 1.0)), 0.0)
-    return mean, counts.argmax(axis=0), -plogp.sum(axis=0) / math.log(c)
-
-
-@pytest.mark.parametrize("n,c,hw,dtype", [
-    (1, 2, (1, 1), torch.int64), (2, 3, (7, 100), torch.uint8), (16, 5, (64, 64), torch.int32),
-    (17, 3, (100, 7), torch.int64), (17, 2, (1, 100), torch.uint8), (3, 200, (5, 9), torch.int64),
-])
-def test_class_maps(rng, n, c, hw, dtype):
-    maps_np = rng.integers(0, c, (n, *hw))
-    maps = torch.from_numpy(maps_np).to(DEVICE, dtype)
-    samples, mean, mask, unc = aggregate_class_maps(maps, c)
-    want_mean, want_mask, want_unc = numpy_class_maps(maps_np, c)
-    assert samples.dtype == mask.dtype == torch.uint8 and mean.dtype == unc.dtype == torch.float32
-    assert torch.equal(samples.cpu(), torch.from_numpy(maps_np).to(torch.uint8))
-    np.testing.assert_allclose(mean.cpu().numpy(), want_mean, rtol=1e-7, atol=0)
-    np.testing.assert_array_equal(mask.cpu().numpy(), want_mask)
-    np.testing.assert_allclose(unc.cpu().numpy(), want_unc, rtol=0, atol=1e-5)
-    ref = aggregate_class_maps_reference(maps, c)
-    assert all(torch.equal(a, b) for a, b in zip((samples, mean, mask), ref[:3]))
-    torch.testing.assert_close(unc, ref[3], rtol=0, atol=1e-5)
-
-
 def test_empty_image():
     samples, mean, mask, unc = aggregate(torch.empty(3, 2, 0, 5, device=DEVICE))
     assert samples.shape == (3, 0, 5) and mean.shape == (2, 0, 5) and mask.shape == unc.shape == (0, 5)
-    maps = torch.empty(3, 4, 0, dtype=torch.int64, device=DEVICE)
-    samples, mean, mask, unc = aggregate_class_maps(maps, 2)
-    assert samples.shape == (3, 4, 0) and mean.shape == (2, 4, 0) and mask.shape == unc.shape == (4, 0)
 
 
 def test_errors(monkeypatch):
@@ -178,22 +146,6 @@ def test_errors(monkeypatch):
         aggregate(probs[:, :1])
     with pytest.raises(ValueError, match=r"got 257"):
         aggregate(torch.zeros(1, 257, 1, 1, device=DEVICE))
-    maps = torch.zeros(2, 4, 4, dtype=torch.int64, device=DEVICE)
-    with pytest.raises(ValueError, match=r"maps must be \(n, H, W\)"):
-        aggregate_class_maps(maps[0], 3)
-    with pytest.raises(TypeError, match="integer labels, got torch.float32"):
-        aggregate_class_maps(maps.float(), 3)
-    with pytest.raises(ValueError, match="at least one sample"):
-        aggregate_class_maps(maps[:0], 3)
-    with pytest.raises(ValueError, match=r"in \[2, 256\]"):
-        aggregate_class_maps(maps, 1)
-    for bad, seen in ((-1, r"\[-1, 0\]"), (3, r"\[0, 3\]")):
-        bad_maps = maps.clone()
-        bad_maps[1, 2, 3] = bad
-        with pytest.raises(ValueError, match=rf"labels must be in \[0, 3\), got {seen}"):
-            aggregate_class_maps(bad_maps, 3)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="needs a CUDA tensor.*got device cpu"):
         aggregate(probs.cpu())
-    with pytest.raises(RuntimeError, match="needs a CUDA tensor.*got device cpu"):
-        aggregate_class_maps(maps.cpu(), 3)

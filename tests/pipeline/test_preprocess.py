@@ -112,3 +112,42 @@ def test_values_near_the_float64_limit_scale_like_small_ones(rng):
 def test_a_channels_first_numpy_image_is_named_as_such():
     with pytest.raises(InvalidImageError, match=r"looks channels-first.*transpose\(1, 2, 0\)"):
         prepare(np.zeros((1, 128, 128)), CFG)
+
+
+def plain_statistics(pixels):
+    """Independent numpy twin of the recorded statistics of one prepared image."""
+    x = pixels.astype(np.float64)
+    c = x - x.mean(axis=(1, 2), keepdims=True)
+    correlation = ((c[:, 1:] * c[:, :-1]).mean() + (c[:, :, 1:] * c[:, :, :-1]).mean()) / (2 * (c ** 2).mean())
+    return x.mean(), x.std(), correlation
+
+
+def test_images_unlike_the_training_images_are_flagged(builtin_bundle, rng):
+    """The built-in model records its training images' statistics; export carries them into the
+    bundle. A phantom reads clean; a mostly bright image, structured but unlike any phantom, is flagged."""
+    image, _ = phantom(rng)
+    bright = np.ones((CFG.image_size, CFG.image_size))
+    bright[40:70, 50:90] = 0.0
+    bright += 0.02 * rng.standard_normal(bright.shape)
+    recorded = builtin_bundle.manifest["preprocessing"]["input_statistics"]
+    assert Segmenter("builtin:phantom").input_statistics == recorded
+    assert recorded["neighbour_correlation"][0] > 0.5 and 0 < recorded["mean"][0] < recorded["mean"][1] < 1
+    for seg in (Segmenter("builtin:phantom", backend="torch"), Segmenter(builtin_bundle.path)):
+        assert seg.sample(image, n=2, seed=0).warnings == []
+        warned = seg.sample(bright, n=2, seed=0).warnings
+        assert len(warned) == 1 and "mean after scaling" in warned[0] and "training images' range" in warned[0]
+
+
+def test_training_records_the_statistics_of_its_images(tmp_path):
+    from ldseg_rt.models.checkpoint import load_checkpoint
+    from ldseg_rt.training.dataset import build_dataset
+    from ldseg_rt.training.trainer import Trainer, TrainSettings
+
+    trainer = Trainer(CFG, TrainSettings(steps=0, batch_size=2), device="cpu")
+    dataset = build_dataset(CFG, "synthetic")
+    trainer.fit(dataset, tmp_path / "run.pt", progress=False)
+    recorded = load_checkpoint(tmp_path / "run.pt").input_statistics
+    picks = np.linspace(0, len(dataset) - 1, 512).round().astype(int)
+    values = np.array([plain_statistics(dataset[int(i)][0]) for i in picks])
+    for column, name in enumerate(("mean", "std", "neighbour_correlation")):
+        np.testing.assert_allclose(recorded[name], [values[:, column].min(), values[:, column].max()], rtol=1e-6)
