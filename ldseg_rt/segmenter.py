@@ -22,6 +22,7 @@ from .models import build_model
 from .models.checkpoint import load_model
 from .pipeline.aggregate import Aggregator
 from .pipeline.preprocess import Prepared, prepare
+from .pipeline.volumes import DEFAULT_MAX_BATCH, VolumeResult, segment_volume
 
 SEED_LIMIT = 2 ** 64
 MAX_STEPS = 1000  # both families' schedules are defined on at most 1000 distinct times
@@ -90,6 +91,8 @@ class Segmenter:
         source = load_bundle(engine) if is_bundle(engine) else load_model(engine)
         self.backend = create_backend(backend, source, device, precision, **backend_options)
         self.config = self.backend.config
+        self.class_names = (list(source.manifest["classes"]) if isinstance(source, Bundle) else
+                            ["background"] + [f"class {c}" for c in range(1, self.config.num_classes)])
         # The training images' statistics, where training recorded them: images unlike them are flagged.
         self.input_statistics = (source.manifest["preprocessing"].get("input_statistics") if isinstance(source, Bundle)
                                  else getattr(source, "input_statistics", None))
@@ -169,6 +172,14 @@ class Segmenter:
         for r in results:
             r.timings = dict(clock.ms)
         return results
+
+    def segment_volume(self, volume, n: int = 16, axis: int | None = None, seed: int | None = None,
+                       steps: int | None = None, eta: float | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+                       return_samples: bool = False, progress: bool = True) -> VolumeResult:
+        """A 3-D volume (an ldseg_rt.io.volume.Volume, or an (I, J, K) array) slice by slice along
+        `axis` (default: the through-plane axis) in batches of at most max_batch slices; results
+        on the volume's grid. With a seed, slice k's result does not depend on its batch."""
+        return segment_volume(self, volume, n, axis, seed, steps, eta, max_batch, return_samples, progress)
 
     def _check_steps(self, steps) -> int:
         steps = _check_positive_int(steps, "steps")

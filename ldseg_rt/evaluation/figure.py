@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-CLASS_COLOURS = np.array([[0, 0, 0], [230, 75, 53], [77, 187, 213], [0, 160, 135], [243, 155, 127],
-                          [132, 145, 180], [145, 209, 194], [220, 0, 0]]) / 255
+from ..io.images import CLASS_COLOURS
 
 
 def overlay(image: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:

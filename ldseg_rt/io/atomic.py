@@ -88,10 +88,17 @@ def _clean_leftovers(path: Path) -> None:
             _remove(leftover)
 
 
-def check_writable(path) -> Path:
+def check_writable(path, folder: bool = False) -> Path:
     """Refuse, before any work is done, an output path that could not be written: a folder
-    in the way, or a parent that cannot be created or written to."""
+    in the way of a file (folder=False), a file in the way of a folder, or a parent that
+    cannot be created or written to."""
     path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise InvalidArgumentError(f"output folder {str(path)!r} is a file")
+    if folder and path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InvalidArgumentError(f"output folder {str(path)!r} cannot be written: no permission")
+        return path
     if path.is_dir() and path.suffix not in (".ldseg",):
         raise InvalidArgumentError(f"output {str(path)!r} is a folder; give a file name")
     parent = path.parent

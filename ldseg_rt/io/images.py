@@ -22,6 +22,10 @@ from .files import IMAGE_SUFFIXES, PILLOW_FORMATS, decoding, existing_file, file
 _KEPT_MODES = {"1", "L", "P", "I", "I;16", "F", "RGB"}
 _WITHOUT_ALPHA = {"RGBA": "RGB", "LA": "L"}
 
+# Class colours as RGB in [0, 1], background black; shared by label PNGs and figures.
+CLASS_COLOURS = np.array([[0, 0, 0], [230, 75, 53], [77, 187, 213], [0, 160, 135], [243, 155, 127],
+                          [132, 145, 180], [145, 209, 194], [220, 0, 0]]) / 255
+
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """A PNG, BMP, TIFF or NPY image as (H, W) or (H, W, C), in its stored numeric dtype
@@ -101,3 +105,13 @@ def _integral(label: np.ndarray, path: str | os.PathLike) -> np.ndarray:
                                 "found non-integral or non-finite floats")
     fits_uint8 = label.min() >= 0 and label.max() <= 255
     return label.astype(np.uint8 if fits_uint8 else np.int64)
+
+
+def write_label_colours_png(path: str | os.PathLike, label: np.ndarray) -> None:
+    """Writes an (H, W) map of class ids as an RGB PNG in CLASS_COLOURS (for people; the class
+    ids themselves go to write_label_png or NPY)."""
+    label = np.asarray(label)
+    if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
+        raise InvalidImageError(f"{path}: label must be an (H, W) map of integer class ids, got {label.dtype} "
+                                f"{label.shape}")
+    write_png(path, np.round(CLASS_COLOURS[label % len(CLASS_COLOURS)] * 255).astype(np.uint8))

@@ -1,0 +1,104 @@
+"""Volumes through 2-D models: the slices along one axis go through `sample_batch` in batches
+of bounded size, and the per-slice results are stacked back onto the volume's grid.
+
+With a seed, slice k gets its own seed derived from (seed, k), so its result does not depend
+on which slices shared its batch, nor on the batch size. A slice without contrast (all voxels
+equal, as in the empty slices at a volume's edges) is not a question for the model: it is
+background with no uncertainty, and the result says how many there were.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import InvalidArgumentError
+from ..io.volume import Volume
+
+DEFAULT_MAX_BATCH = 8  # slices per batched pass: n samples of each go through the networks together
+
+
+@dataclass
+class VolumeResult:
+    """What `segment_volume` returns, every array on the input volume's voxel grid."""
+    mask: np.ndarray  # (I, J, K) uint8 consensus
+    probs: np.ndarray  # (C, I, J, K) float32 mean class probabilities
+    uncertainty: np.ndarray  # (I, J, K) float32 normalised predictive entropy in [0, 1]
+    samples: np.ndarray | None  # (n, I, J, K) uint8 sample volumes, on request
+    volume: Volume  # the input, whose geometry (affine, DICOM sources) the results share
+    axis: int  # the voxel axis the slices were taken along
+    seed: int  # the seed that reproduces this result
+    timings: dict = field(default_factory=dict)  # ms per stage, summed over the batches
+    warnings: list = field(default_factory=list)  # per-slice warnings, 'slice k: ...'
+
+
+def slice_seed(seed: int, k: int) -> int:
+    """Slice k's seed: a pure function of (seed, k), never of the batch it ran in."""
+    return int(np.random.SeedSequence([seed, k]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _as_volume(volume) -> Volume:
+    if isinstance(volume, Volume):
+        return volume
+    array = np.asarray(volume)
+    return Volume(array, np.eye(4), description=f"array {array.shape}")
+
+
+def segment_volume(segmenter, volume, n: int = 16, axis: int | None = None, seed: int | None = None,
+                   steps: int | None = None, eta: float | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+                   return_samples: bool = False, progress: bool = True) -> VolumeResult:
+    """Segment a Volume (or a 3-D array, identity geometry) slice by slice along `axis`
+    (default: the through-plane axis, the one with the largest spacing) with a 2-D model."""
+    volume = _as_volume(volume)
+    if axis is None:
+        axis = volume.through_plane_axis()
+    if isinstance(axis, bool) or axis not in (0, 1, 2):
+        raise InvalidArgumentError(f"axis must be 0, 1 or 2 (a voxel axis of the volume), got {axis!r}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise InvalidArgumentError(f"max_batch must be a positive integer, got {max_batch!r}")
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+    slices = np.moveaxis(volume.array, axis, 0)
+    depth, (h, w) = slices.shape[0], slices.shape[1:]
+    classes = segmenter.config.num_classes
+    _check_memory(segmenter, (depth, h, w), classes, n, return_samples)
+
+    probs = np.zeros((classes, depth, h, w), np.float32)
+    probs[0] = 1.0  # what a slice without contrast keeps: background, certain
+    mask = np.zeros((depth, h, w), np.uint8)
+    uncertainty = np.zeros((depth, h, w), np.float32)
+    samples = np.zeros((n, depth, h, w), np.uint8) if return_samples else None
+    timings, warnings = {}, []
+    readable = [k for k in range(depth) if np.ptp(slices[k]) > 0]
+    if len(readable) < depth:
+        warnings.append(f"{depth - len(readable)} of {depth} slices have no contrast: segmented as background")
+    batches = [readable[i:i + max_batch] for i in range(0, len(readable), max_batch)]
+    for batch in tqdm(batches, desc="slices", unit="batch", disable=not progress or len(batches) < 2):
+        results = segmenter.sample_batch([slices[k] for k in batch], n=n, steps=steps,
+                                         seed=[slice_seed(seed, k) for k in batch], eta=eta,
+                                         return_samples=return_samples)
+        for k, res in zip(batch, results):
+            probs[:, k], mask[k], uncertainty[k] = res.probs, res.mask, res.uncertainty
+            if return_samples:
+                samples[:, k] = res.samples
+            warnings += [f"slice {k}: {text}" for text in res.warnings]
+        for stage, ms in results[0].timings.items():
+            timings[stage] = timings.get(stage, 0.0) + ms
+    def back(array: np.ndarray, lead: int) -> np.ndarray:  # the slice axis back where it was taken from
+        return np.ascontiguousarray(np.moveaxis(array, lead, lead + axis))
+
+    return VolumeResult(mask=back(mask, 0), probs=back(probs, 1), uncertainty=back(uncertainty, 0),
+                        samples=None if samples is None else back(samples, 1), volume=volume, axis=axis, seed=seed,
+                        timings=timings, warnings=warnings)
+
+
+def _check_memory(segmenter, shape, classes: int, n: int, return_samples: bool) -> None:
+    """Refuse, before any work, volumes whose results would not fit the Segmenter's limit."""
+    per_voxel = 4 * classes + 4 + 1 + (n if return_samples else 0)
+    need = per_voxel * int(np.prod(shape))
+    if need > segmenter.memory_limit:
+        raise InvalidArgumentError(
+            f"a volume of {shape[0]} slices of {shape[1]}x{shape[2]} needs about {need / 2 ** 30:.1f} GiB for its "
+            f"results (n={n}{', with samples' if return_samples else ''}), more than memory_limit "
+            f"({segmenter.memory_limit / 2 ** 30:.1f} GiB): leave out the samples or raise Segmenter(memory_limit=...)")
