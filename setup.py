@@ -26,7 +26,7 @@ setup(
     ext_modules=[extension],
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",
-    install_requires=["numpy", "torch", "tqdm", "pillow", "nibabel", "scipy", "matplotlib", "onnx",
-                      "onnxruntime", "safetensors"],
+    install_requires=["numpy", "torch", "tqdm", "pillow", "nibabel", "pydicom", "highdicom", "scipy", "matplotlib",
+                      "onnx", "onnxruntime", "safetensors"],
     extras_require={"tensorrt": ["tensorrt"], "gpu": ["triton"]},
 )
