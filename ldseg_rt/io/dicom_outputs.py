@@ -24,6 +24,7 @@ from .atomic import replacing
 
 MANUFACTURER = "ldseg_rt"
 MAX_FRACTIONAL_VALUE = 255  # probabilities are stored as round(p * 255) in 8 bits
+ROUNDING = 1e-5  # how far float32 rounding may take a probability past [0, 1]
 # What a segment is: generic codes from CID 7150 / 7151, as the classes are configurable.
 SEGMENT_CATEGORY = codes.SCT.Tissue
 SEGMENT_TYPE = codes.SCT.Tissue
@@ -143,9 +144,10 @@ def _unit_interval(array, name: str, shape: str) -> np.ndarray:
         raise InvalidArgumentError(f"{name} must be a {shape} array, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
         raise InvalidArgumentError(f"{name} must be floating point, got dtype {array.dtype}")
-    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+    # Means of float32 probabilities may pass 1 by rounding (1.0000001): that much is clipped, no more.
+    if not np.isfinite(array).all() or array.min() < -ROUNDING or array.max() > 1 + ROUNDING:
         raise InvalidArgumentError(f"{name} must be finite and within [0, 1]")
-    return array
+    return np.clip(array, 0, 1)
 
 
 def write_probability_segmentation(path, probabilities: np.ndarray, sources: Sequence[Dataset],

@@ -114,7 +114,9 @@ def test_segmentation_frames_match_labels_and_source_slices(tmp_path, descending
 def test_probability_segmentation_matches_within_one_step(tmp_path, sources):
     rng = np.random.default_rng(2)
     probabilities = rng.dirichlet(np.ones(len(CLASS_NAMES)), (I, J, K)).transpose(3, 0, 1, 2)  # (C, I, J, K)
+    probabilities[1, 0, 0, 0] = 1 + 1e-7  # float32 means may pass 1 by rounding: accepted, stored as 255
     path = write_probability_segmentation(tmp_path / "probs.dcm", probabilities, sources, CLASS_NAMES)
+    probabilities = np.clip(probabilities, 0, 1)
 
     seg = hd.seg.segread(path)
     assert seg.SegmentationType == "FRACTIONAL" and seg.SegmentationFractionalType == "PROBABILITY"
