@@ -67,7 +67,8 @@ def export_bundle(model, out, class_names: list[str] | None = None, source: str 
     files["weights.safetensors"] = safetensors.torch.save(weights)
     manifest = {"family": cfg.family, "source": source, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "config": cfg.to_dict(), "classes": class_names,
-                "preprocessing": _preprocessing(cfg, getattr(model, "input_statistics", None)),
+                "preprocessing": _preprocessing(cfg, getattr(model, "input_statistics", None),
+                                                getattr(model, "slice_axis", None)),
                 "diffusion": _diffusion(cfg), "networks": networks, "versions": _versions()}
     return write_bundle(out, manifest, files, overwrite=overwrite)
 
@@ -76,11 +77,12 @@ def _tensors(shapes: dict[str, list]) -> dict:
     return {name: {"shape": shape, "dtype": "float32", "dynamic_axes": {"0": BATCH}} for name, shape in shapes.items()}
 
 
-def _preprocessing(cfg, input_statistics: dict | None) -> dict:
+def _preprocessing(cfg, input_statistics: dict | None, slice_axis: int | None) -> dict:
     return {"channels": cfg.in_channels, "size": [cfg.image_size, cfg.image_size],
             "resize": "bilinear, antialiased, to size; results resized back to the input's size",
             "intensity": INTENSITY, "layout": "NCHW float32",
-            "input_statistics": input_statistics}  # the training images' ranges; None where not recorded
+            "input_statistics": input_statistics,  # the training images' ranges; None where not recorded
+            "slice_axis": slice_axis}  # the voxel axis training slices were cut along; None for 2-D images
 
 
 def _diffusion(cfg) -> dict:

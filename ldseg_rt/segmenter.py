@@ -94,8 +94,10 @@ class Segmenter:
         self.class_names = (list(source.manifest["classes"]) if isinstance(source, Bundle) else
                             ["background"] + [f"class {c}" for c in range(1, self.config.num_classes)])
         # The training images' statistics, where training recorded them: images unlike them are flagged.
-        self.input_statistics = (source.manifest["preprocessing"].get("input_statistics") if isinstance(source, Bundle)
-                                 else getattr(source, "input_statistics", None))
+        recorded = source.manifest["preprocessing"] if isinstance(source, Bundle) else vars(source)
+        self.input_statistics = recorded.get("input_statistics")
+        # The voxel axis the model's training slices were cut along: volumes are sliced the same way.
+        self.slice_axis = recorded.get("slice_axis")
 
     @classmethod
     def from_config(cls, name: str, seed: int = 0, backend: str = "auto", device="auto",

@@ -25,12 +25,13 @@ TRAINING_ONLY = "label_encoder."  # weights sampling never uses
 
 
 def save_checkpoint(model: nn.Module, path, **extra) -> Path:
-    """Write the model, the statistics of its training images (if recorded) and `extra`
-    entries (tensors, numbers, strings) atomically."""
+    """Write the model, the statistics of its training images and the axis its training slices
+    were cut along (where recorded) and `extra` entries (tensors, numbers, strings) atomically."""
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, "family": model.config.family,
                "config": model.config.to_dict(), "state_dict": model.state_dict(),
-               "input_statistics": getattr(model, "input_statistics", None), **extra}
+               "input_statistics": getattr(model, "input_statistics", None),
+               "slice_axis": getattr(model, "slice_axis", None), **extra}
     with replacing(path) as tmp, open(tmp, "xb") as f:
         torch.save(payload, f)
     return path
@@ -83,6 +84,7 @@ def load_checkpoint(path) -> nn.Module:
     payload = read_checkpoint(path)
     model = _with_weights(payload.get("config"), payload.get("family", "ldseg"), payload.get("state_dict"), str(path))
     model.input_statistics = payload.get("input_statistics")
+    model.slice_axis = payload.get("slice_axis")
     return model
 
 
@@ -94,6 +96,7 @@ def model_from_bundle(bundle: Bundle) -> nn.Module:
         raise ModelLoadError(f"{str(bundle.path)!r}: weights.safetensors cannot be read: {e}") from e
     model = _with_weights(bundle.manifest["config"], bundle.manifest["family"], weights, str(bundle.path))
     model.input_statistics = bundle.manifest.get("preprocessing", {}).get("input_statistics")
+    model.slice_axis = bundle.manifest.get("preprocessing", {}).get("slice_axis")
     return model
 
 

@@ -48,11 +48,12 @@ def _as_volume(volume) -> Volume:
 def segment_volume(segmenter, volume, n: int = 16, axis: int | None = None, seed: int | None = None,
                    steps: int | None = None, eta: float | None = None, max_batch: int = DEFAULT_MAX_BATCH,
                    return_samples: bool = False, progress: bool = True) -> VolumeResult:
-    """Segment a Volume (or a 3-D array, identity geometry) slice by slice along `axis`
-    (default: the through-plane axis, the one with the largest spacing) with a 2-D model."""
+    """Segment a Volume (or a 3-D array, identity geometry) slice by slice along `axis` with a
+    2-D model. The default axis is the one the model's training slices were cut along, where
+    it records one, else the through-plane axis (the one with the largest spacing)."""
     volume = _as_volume(volume)
     if axis is None:
-        axis = volume.through_plane_axis()
+        axis = segmenter.slice_axis if segmenter.slice_axis is not None else volume.through_plane_axis()
     if isinstance(axis, bool) or axis not in (0, 1, 2):
         raise InvalidArgumentError(f"axis must be 0, 1 or 2 (a voxel axis of the volume), got {axis!r}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:

@@ -56,7 +56,16 @@ def folder_data(cfg: LDSegConfig, pairs) -> list:
     return [example(read_image(i), read_label(l), cfg) for i, l in pairs]
 
 
-def volume_data(cfg: LDSegConfig, pairs, axis: int) -> list:
+class VolumeSlices(list):
+    """Training examples cut from volumes, and the axis they were cut along (which the trained
+    model records, so that volumes are segmented along the same axis)."""
+
+    def __init__(self, examples, slice_axis: int):
+        super().__init__(examples)
+        self.slice_axis = slice_axis
+
+
+def volume_data(cfg: LDSegConfig, pairs, axis: int) -> VolumeSlices:
     """Every 2-D slice along `axis` of each (volume, label volume) file pair."""
     data = []
     for image_path, label_path in pairs:
@@ -65,7 +74,7 @@ def volume_data(cfg: LDSegConfig, pairs, axis: int) -> list:
             raise DatasetError(f"{image_path.name} {volume.shape} and {label_path.name} {label.shape} differ in shape")
         for image, lab in zip(volume_slices(volume, axis), volume_slices(label, axis)):
             data.append(example(np.asarray(image, np.float32), np.rint(lab).astype(np.int64), cfg))
-    return data
+    return VolumeSlices(data, axis % 3)
 
 
 class AmbiguousSyntheticData:

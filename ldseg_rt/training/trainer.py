@@ -64,6 +64,7 @@ class Trainer:
                       settings or TrainSettings(**state["settings"]), device)
         trainer.model.load_state_dict(payload["state_dict"])
         trainer.model.input_statistics = payload.get("input_statistics")
+        trainer.model.slice_axis = payload.get("slice_axis")
         trainer.ema.load_state_dict(trainer.model.denoiser.state_dict())
         trainer.model.denoiser.load_state_dict(state["denoiser"])
         trainer.optimizer.load_state_dict(state["optimizer"])
@@ -105,8 +106,10 @@ class Trainer:
         """Train up to settings.steps, saving every checkpoint_every steps; on return `out`
         always holds a checkpoint of the current step, even when no step was left to run. The
         checkpoint records the statistics of the training images, so that the Segmenter can flag
-        images unlike them."""
+        images unlike them, and for slices of volumes the axis they were cut along."""
         s = self.settings
+        if getattr(dataset, "slice_axis", None) is not None:
+            self.model.slice_axis = dataset.slice_axis
         if getattr(self.model, "input_statistics", None) is None:
             picks = np.linspace(0, len(dataset) - 1, min(len(dataset), STATISTICS_EXAMPLES)).round().astype(int)
             self.model.input_statistics = statistics_range(dataset[int(i)][0] for i in picks)

@@ -65,3 +65,34 @@ def test_bad_requests_are_refused_before_any_work(small_model, rng):
         seg.segment_volume(np.zeros((8, 8, 8), np.float32), axis=3)
     with pytest.raises(InvalidArgumentError, match="max_batch"):
         seg.segment_volume(np.zeros((8, 8, 8), np.float32), max_batch=0)
+
+
+def test_volumes_are_sliced_along_the_axis_the_model_was_trained_on(tmp_path, rng):
+    """Training on slices of volumes records their axis; export carries it into the manifest;
+    segment_volume then slices along it by default, whatever the spacing says."""
+    import nibabel as nib
+
+    from ldseg_rt.configs import get_config
+    from ldseg_rt.export import export_bundle
+    from ldseg_rt.io.pairs import find_pairs
+    from ldseg_rt.models.checkpoint import load_checkpoint
+    from ldseg_rt.training.dataset import volume_data
+    from ldseg_rt.training.trainer import Trainer, TrainSettings
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    array = smooth_volume(rng, (10, 12, 14))
+    nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / "images" / "case.nii.gz")
+    nib.save(nib.Nifti1Image((array > array.mean()).astype(np.uint8), np.eye(4)), tmp_path / "labels" / "case.nii.gz")
+    cfg = get_config("small")
+    data = volume_data(cfg, find_pairs(tmp_path / "images", tmp_path / "labels"), axis=-2)
+    assert data.slice_axis == 1 and len(data) == 12
+    Trainer(cfg, TrainSettings(steps=0), device="cpu").fit(data, tmp_path / "run.pt", progress=False)
+    model = load_checkpoint(tmp_path / "run.pt")
+    assert model.slice_axis == 1
+    bundle = export_bundle(model, tmp_path / "run.ldseg", check_batches=(1,), progress=False)
+    assert bundle.manifest["preprocessing"]["slice_axis"] == 1
+    for engine in (tmp_path / "run.pt", bundle.path):
+        seg = Segmenter(engine)
+        assert seg.slice_axis == 1
+        assert seg.segment_volume(Volume(array, np.diag([1.0, 1.0, 5.0, 1.0])), n=1, steps=2, progress=False).axis == 1
