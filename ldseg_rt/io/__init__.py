@@ -1,2 +1,4 @@
-"""Files in and out: 2-D images and label maps (images), volumes (volumes), image/label
-folder pairing (pairs), and atomic writes (atomic)."""
+"""Files in and out: 2-D images and label maps (images), volumes with their geometry (volume,
+volumes: NIfTI), DICOM series (dicom_series), DICOM Segmentations and Parametric Maps
+(dicom_outputs), the cases of a batch and their results on disk (cases, results),
+image/label folder pairing (pairs), and atomic writes (atomic)."""
