@@ -89,8 +89,9 @@ def main():
             segment = frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber
             from_seg[:, :, index[uid]][seg.pixel_array[number].T > 0] = segment
     assert np.abs(mask.affine - image.affine).max() < 1e-4, "the result is not on the input's grid"
-    print(f"case 5 as a DICOM series of {image.array.shape[2]} slices, model {args.model}, n={args.n}, slices along "
-          f"axis {args.axis}: {wall:.1f} s for the whole command; stages {record['timings_ms']}")
+    print(f"case 5 as a DICOM series of {image.array.shape[2]} files, segmented along voxel axis {args.axis} "
+          f"({image.array.shape[args.axis]} slices), model {args.model}, n={args.n}: {wall:.1f} s for the whole "
+          f"command; stages (ms) {record['timings_ms']}")
     for c in (1, 2):
         print(f"  class {c}: volume Dice {dice(mask.array, label.array, c):.3f} (NIfTI mask), "
               f"{dice(from_seg, label.array, c):.3f} (DICOM Segmentation read back)")
