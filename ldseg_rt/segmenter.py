@@ -21,7 +21,7 @@ from .errors import InvalidArgumentError
 from .models import build_model
 from .models.checkpoint import load_model
 from .pipeline.aggregate import Aggregator
-from .pipeline.preprocess import Prepared, prepare
+from .pipeline.preprocess import Prepared, prepare, spatial_size
 from .pipeline.volumes import DEFAULT_MAX_BATCH, VolumeResult, segment_volume
 
 SEED_LIMIT = 2 ** 64
@@ -150,12 +150,13 @@ class Segmenter:
             raise InvalidArgumentError(f"got {len(seeds)} seeds for {len(imgs)} images")
         seeds = [_check_seed(s) for s in seeds]
 
+        for size in filter(None, map(spatial_size, imgs)):  # before preprocessing copies the image
+            self._check_memory(size, n, return_samples)
+
         clock = _Stopwatch()
         total = time.perf_counter()
         with clock.stage("preprocess"):
             prepared = [prepare(img, self.config, self.input_statistics) for img in imgs]
-        for p in prepared:
-            self._check_memory(p.size, n, return_samples)
         with clock.stage("encode"):
             z_i = self.backend.encode(np.stack([p.pixels for p in prepared]))
         with clock.stage("sample"):

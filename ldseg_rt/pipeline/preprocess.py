@@ -80,6 +80,17 @@ def _as_channels_first(img) -> tuple[torch.Tensor, torch.device | None]:
     raise ImageTypeError(f"image must be a numpy array or a torch tensor, got {type(img).__name__}")
 
 
+def spatial_size(img) -> tuple[int, int] | None:
+    """(H, W) of an image in either of the forms `prepare` takes, read from its shape alone (no
+    copy), or None where the form is wrong (`prepare` then says why)."""
+    shape = tuple(getattr(img, "shape", ()))
+    if isinstance(img, np.ndarray) and len(shape) in (2, 3):
+        return shape[0], shape[1]
+    if isinstance(img, torch.Tensor) and len(shape) in (2, 3):
+        return shape[-2], shape[-1]
+    return None
+
+
 def _without_padding(values: np.ndarray) -> np.ndarray:
     """The values less a constant extreme value that lies far beyond all the others (padding)."""
     for extreme in (values.min(), values.max()):
