@@ -43,17 +43,16 @@ def _versions() -> dict:
     return versions
 
 
-def _segment(seg, data, args, seed):
+def _segment(seg, data, args):
+    """The case's result; without --seed the Segmenter draws one, and the result records it."""
     from ..io.volume import Volume
     if isinstance(data, Volume):
-        return seg.segment_volume(data, n=args.n, axis=args.axis, seed=seed, steps=args.steps,
+        return seg.segment_volume(data, n=args.n, axis=args.axis, seed=args.seed, steps=args.steps,
                                   max_batch=args.max_batch, return_samples=args.samples)
-    return seg.sample(data, n=args.n, steps=args.steps, seed=seed, return_samples=args.samples)
+    return seg.sample(data, n=args.n, steps=args.steps, seed=args.seed, return_samples=args.samples)
 
 
 def run(args) -> None:
-    import numpy as np
-
     from .. import Segmenter
     from ..io.cases import find_cases, read_case
     from ..io.dicom_series import SeriesRule
@@ -78,8 +77,7 @@ def run(args) -> None:
         start = time.perf_counter()
         try:
             data = read_case(case, rule)
-            seed = args.seed if args.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
-            result = _segment(seg, data, args, seed)
+            result = _segment(seg, data, args)
             volume = isinstance(data, Volume)
             sidecar = {"case": case.name, "input": str(case.path), **identity, "seed": result.seed, "n": args.n,
                        "steps": args.steps or seg.config.steps, "backend": seg.backend_name,

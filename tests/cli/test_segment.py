@@ -94,6 +94,10 @@ def test_a_bad_case_is_reported_and_the_batch_goes_on(model_file, tmp_path, rng,
     printed = capsys.readouterr().out
     assert "skipped" in printed and "2 of 2 case(s) done, 0 failed" in printed
     assert (out / "good" / "result.json").stat().st_mtime_ns == before and (out / "late" / "result.json").is_file()
+    drawn = json.loads((out / "late" / "result.json").read_text())["seed"]  # no --seed: the one drawn is recorded
+    again = Segmenter(str(model_file), backend="torch").segment_volume(read_nifti(cases / "late.nii.gz"), n=1, steps=2,
+                                                                       seed=drawn, progress=False)
+    np.testing.assert_array_equal(read_nifti(out / "late" / "mask.nii.gz").array, again.mask)
 
 
 def test_an_output_that_cannot_be_written_is_refused_first(model_file, tmp_path, capsys):
