@@ -4,6 +4,8 @@ Images go through the same `prepare` as at inference, so a model sees in trainin
 what the Segmenter will hand it."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,10 +16,10 @@ from ..data.phantoms import NUM_CLASSES, make_phantom
 from ..errors import DatasetError
 from ..io.images import read_image, read_label
 from ..io.pairs import find_pairs
-from ..io.volumes import read_volume, volume_slices
+from ..io.volumes import NIFTI_SUFFIXES, read_volume, volume_slices
 from ..pipeline.preprocess import prepare
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+log = logging.getLogger(__name__)
 
 
 def resize_label(label: np.ndarray, size: int) -> np.ndarray:
@@ -66,14 +68,21 @@ class VolumeSlices(list):
 
 
 def volume_data(cfg: LDSegConfig, pairs, axis: int) -> VolumeSlices:
-    """Every 2-D slice along `axis` of each (volume, label volume) file pair."""
-    data = []
+    """Every 2-D slice along `axis` of each (volume, label volume) file pair, but slices
+    without contrast (the empty slices at a volume's edges), which segmenting a volume does
+    not ask the model about either: it takes them for background."""
+    data, blank = [], 0
     for image_path, label_path in pairs:
         volume, label = read_volume(image_path)[0], read_volume(label_path)[0]
         if volume.shape != label.shape:
             raise DatasetError(f"{image_path.name} {volume.shape} and {label_path.name} {label.shape} differ in shape")
         for image, lab in zip(volume_slices(volume, axis), volume_slices(label, axis)):
+            if np.ptp(image) == 0:
+                blank += 1
+                continue
             data.append(example(np.asarray(image, np.float32), np.rint(lab).astype(np.int64), cfg))
+    if blank:
+        log.info("left out %d slices without contrast along axis %d", blank, axis)
     return VolumeSlices(data, axis % 3)
 
 

@@ -82,11 +82,12 @@ def test_volumes_are_sliced_along_the_axis_the_model_was_trained_on(tmp_path, rn
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
     array = smooth_volume(rng, (10, 12, 14))
+    array[:, 0, :] = 0  # an empty edge slice: left out of training, as segmenting leaves it to background
     nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / "images" / "case.nii.gz")
     nib.save(nib.Nifti1Image((array > array.mean()).astype(np.uint8), np.eye(4)), tmp_path / "labels" / "case.nii.gz")
     cfg = get_config("small")
     data = volume_data(cfg, find_pairs(tmp_path / "images", tmp_path / "labels"), axis=-2)
-    assert data.slice_axis == 1 and len(data) == 12
+    assert data.slice_axis == 1 and len(data) == 11
     Trainer(cfg, TrainSettings(steps=0), device="cpu").fit(data, tmp_path / "run.pt", progress=False)
     model = load_checkpoint(tmp_path / "run.pt")
     assert model.slice_axis == 1
