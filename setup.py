@@ -28,5 +28,6 @@ setup(
     python_requires=">=3.10",
     install_requires=["numpy", "torch", "tqdm", "pillow", "nibabel", "pydicom", "highdicom", "scipy", "matplotlib",
                       "onnx", "onnxruntime", "safetensors"],
-    extras_require={"tensorrt": ["tensorrt"], "gpu": ["triton"]},
+    extras_require={"tensorrt": ["tensorrt"], "gpu": ["triton"],
+                    "serve": ["fastapi", "uvicorn", "pynetdicom", "prometheus-client"]},
 )

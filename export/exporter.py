@@ -2,19 +2,13 @@
 inference network."""
 from __future__ import annotations
 
-import platform
 from datetime import datetime, timezone
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import safetensors.torch
-import torch
 from tqdm.auto import tqdm
 
-import ldseg_rt
-
-from ..bundle import Bundle, write_bundle
+from ..bundle import Bundle, package_versions, write_bundle
 from ..errors import ExportError, InvalidArgumentError
 from ..models.checkpoint import TRAINING_ONLY
 from ..pipeline.preprocess import INTENSITY
@@ -69,7 +63,7 @@ def export_bundle(model, out, class_names: list[str] | None = None, source: str 
                 "config": cfg.to_dict(), "classes": class_names,
                 "preprocessing": _preprocessing(cfg, getattr(model, "input_statistics", None),
                                                 getattr(model, "slice_axis", None)),
-                "diffusion": _diffusion(cfg), "networks": networks, "versions": _versions()}
+                "diffusion": _diffusion(cfg), "networks": networks, "versions": package_versions()}
     return write_bundle(out, manifest, files, overwrite=overwrite)
 
 
@@ -95,7 +89,3 @@ def _diffusion(cfg) -> dict:
             "cosine_s": cfg.cosine_s, "steps": cfg.steps, "eta": cfg.eta, "prediction": "eps",
             "renormalize": True, "noise": PHILOX}
 
-
-def _versions() -> dict:
-    return {"ldseg_rt": ldseg_rt.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__, "python": platform.python_version()}

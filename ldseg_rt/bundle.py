@@ -15,8 +15,10 @@ the format only, not the runtime that reads it.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
+import platform
 import re
 from pathlib import Path
 
@@ -35,6 +37,19 @@ ENGINES = "engines"
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def package_versions() -> dict:
+    """The versions that produced an artifact (a bundle, a result): ours and those of the
+    packages that compute, the optional ones where installed."""
+    from . import __version__
+    versions = {"ldseg_rt": __version__, "python": platform.python_version()}
+    for package in ("numpy", "torch", "onnx", "onnxruntime"):
+        try:
+            versions[package] = importlib.import_module(package).__version__
+        except ImportError:
+            pass
+    return versions
 
 
 def sha256(data: bytes) -> str:

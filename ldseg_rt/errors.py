@@ -46,3 +46,7 @@ class BundleError(ModelLoadError):
 
 class ExportError(LdsegError, RuntimeError):
     """An exported graph fails its checks (ONNX checker, agreement with PyTorch)."""
+
+
+class ServiceBusyError(LdsegError, RuntimeError):
+    """The service's work queue is full: the request was not accepted; try again later."""

@@ -2,6 +2,7 @@
 consensus and a per-pixel uncertainty map."""
 from __future__ import annotations
 
+import hashlib
 import numbers
 import secrets
 import tempfile
@@ -14,12 +15,12 @@ import numpy as np
 import torch
 
 from .backends import NEEDS_BUNDLE, create_backend
-from .bundle import Bundle, is_bundle, load_bundle
+from .bundle import DIGEST, SUFFIX, Bundle, is_bundle, load_bundle
 from .configs import get_config
 from .diffusion.plan import sampling_plan
 from .errors import InvalidArgumentError
 from .models import build_model
-from .models.checkpoint import load_model
+from .models.checkpoint import BUILTIN_DIR, load_model
 from .pipeline.aggregate import Aggregator
 from .pipeline.preprocess import Prepared, prepare, spatial_size
 from .pipeline.volumes import DEFAULT_MAX_BATCH, VolumeResult, segment_volume
@@ -58,6 +59,19 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
+def _identity(engine, source) -> tuple[str, str | None]:
+    """The model's name (a built-in's name, a bundle's or checkpoint's file stem, else its
+    configuration's) and the sha256 that identifies its bytes (None for a model in memory)."""
+    if isinstance(source, Bundle):
+        return source.path.name.removesuffix(SUFFIX), source.manifest.get(DIGEST)
+    if isinstance(engine, str) and engine.startswith("builtin:"):
+        name = engine.split(":", 1)[1]
+        return name, hashlib.sha256((BUILTIN_DIR / f"{name}.pt").read_bytes()).hexdigest()
+    if isinstance(engine, (str, Path)):
+        return Path(engine).stem, hashlib.sha256(Path(engine).read_bytes()).hexdigest()
+    return source.config.name, None
+
+
 class _Stopwatch:
     def __init__(self):
         self.ms = {}
@@ -90,6 +104,7 @@ class Segmenter:
         self.memory_limit = int(memory_limit)
         source = load_bundle(engine) if is_bundle(engine) else load_model(engine)
         self.backend = create_backend(backend, source, device, precision, **backend_options)
+        self.model_name, self.model_sha256 = _identity(engine, source)
         self.config = self.backend.config
         self.class_names = (list(source.manifest["classes"]) if isinstance(source, Bundle) else
                             ["background"] + [f"class {c}" for c in range(1, self.config.num_classes)])

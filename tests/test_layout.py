@@ -34,6 +34,20 @@ def test_runtime_imports_no_training_data_evaluation_or_plotting():
     assert forbidden == []
 
 
+def test_the_service_imports_no_command_line_training_or_plotting():
+    """serve -> {segmenter, io}; and the runtime alone loads none of the service's stack."""
+    probe = ("import json, sys\nimport ldseg_rt\nbare = sorted(sys.modules)\n"
+             "import ldseg_rt.serve.service, ldseg_rt.serve.oip, ldseg_rt.serve.dicom_node\n"
+             "print(json.dumps([bare, sorted(sys.modules)]))")
+    bare, served = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                             check=True).stdout)
+    assert not [m for m in bare if m.split(".")[0] in ("fastapi", "uvicorn", "pynetdicom", "prometheus_client")]
+    assert "ldseg_rt.serve.dicom_node" in served
+    assert [m for m in served if m.split(".")[:2] in (["ldseg_rt", "cli"], ["ldseg_rt", "training"],
+                                                       ["ldseg_rt", "data"], ["ldseg_rt", "evaluation"])
+            or m.split(".")[0] == "matplotlib"] == []
+
+
 def test_same_samples_as_before_the_layout_move():
     """Recorded with the flat layout on an AVX2 CPU, where these are bit-identical; another CPU's
     convolution kernels may round differently, so elsewhere the latents must agree to float

@@ -170,3 +170,23 @@ def test_results_past_the_memory_limit_are_refused_before_any_work(small_model, 
     assert lean.samples is None and full.samples.shape == (16, 100, 100)
     for name in ("probs", "mask", "uncertainty", "latents"):
         np.testing.assert_array_equal(getattr(lean, name), getattr(full, name))
+
+
+def test_model_name_and_digest_identify_what_was_loaded(builtin_bundle, small_model, tmp_path):
+    import hashlib
+
+    from ldseg_rt.bundle import DIGEST, load_bundle
+    from ldseg_rt.models.checkpoint import BUILTIN_DIR, save_checkpoint
+
+    builtin = Segmenter("builtin:phantom")
+    assert builtin.model_name == "phantom"
+    assert builtin.model_sha256 == hashlib.sha256((BUILTIN_DIR / "phantom.pt").read_bytes()).hexdigest()
+    bundled = Segmenter(str(builtin_bundle.path), backend="onnxruntime")
+    assert bundled.model_name == "phantom"
+    assert bundled.model_sha256 == load_bundle(builtin_bundle.path).manifest[DIGEST]
+    save_checkpoint(small_model, tmp_path / "knee_v2.pt")
+    checkpoint = Segmenter(str(tmp_path / "knee_v2.pt"))
+    assert checkpoint.model_name == "knee_v2"
+    assert checkpoint.model_sha256 == hashlib.sha256((tmp_path / "knee_v2.pt").read_bytes()).hexdigest()
+    in_memory = Segmenter(small_model)
+    assert (in_memory.model_name, in_memory.model_sha256) == (small_model.config.name, None)

@@ -1,4 +1,4 @@
-"""The command line: `python -m ldseg_rt demo|segment|info|evaluate|bench|train|calibrate-decoder|tune-sampler`
+"""The command line: `python -m ldseg_rt demo|segment|serve|info|evaluate|bench|train|calibrate-decoder|tune-sampler`
 (export: `python -m ldseg_rt.export`). Ordinary mistakes (a missing file, a bad value, an
 unwritable output) end with one line saying what is wrong and exit status 2, never a traceback."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import logging
 import sys
 
 from ..errors import LdsegError
-from . import demo, evaluate, fine_tuning, info, segment, train
+from . import demo, evaluate, fine_tuning, info, segment, serve, train
 
 # What a user's mistake raises, as opposed to a bug: reported in one line.
 USER_ERRORS = (LdsegError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -33,6 +33,7 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
     segment.add_parser(sub)
+    serve.add_parser(sub)
     evaluate.add_parser(sub)
     info.add_parser(sub)
     from .. import bench as bench_harness

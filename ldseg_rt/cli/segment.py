@@ -4,43 +4,14 @@ whole and atomically, to OUT/<case>/ (ldseg_rt.io.results). A case that fails is
 one line and the batch goes on; the exit status is 1 if any case failed."""
 from __future__ import annotations
 
-import hashlib
 import logging
-import platform
 import sys
 import time
-from pathlib import Path
 
 from ..errors import LdsegError
 from ..io.atomic import check_writable
 
 log = logging.getLogger(__name__)
-
-
-def model_identity(engine: str) -> dict:
-    """What identifies the model's bytes: a bundle's manifest digest, else the file's sha256."""
-    from ..bundle import DIGEST, is_bundle, load_bundle
-    from ..models.checkpoint import BUILTIN_DIR
-
-    if is_bundle(engine):
-        return {"model": engine, "model_sha256": load_bundle(engine).manifest.get(DIGEST)}
-    path = BUILTIN_DIR / f"{engine.split(':', 1)[1]}.pt" if engine.startswith("builtin:") else Path(engine)
-    return {"model": engine, "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-
-
-def _versions() -> dict:
-    import numpy
-    import torch
-
-    import ldseg_rt
-    versions = {"ldseg_rt": ldseg_rt.__version__, "python": platform.python_version(), "numpy": numpy.__version__,
-                "torch": torch.__version__}
-    try:
-        import onnxruntime
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    return versions
 
 
 def _segment(seg, data, args):
@@ -56,7 +27,8 @@ def run(args) -> None:
     from .. import Segmenter
     from ..io.cases import find_cases, read_case
     from ..io.dicom_series import SeriesRule
-    from ..io.results import default_formats, is_complete, parse_formats, write_case
+    from ..io.results import (algorithm_identity, default_formats, is_complete, parse_formats, reproduction_record,
+                              write_case)
     from ..io.volume import Volume
 
     out = check_writable(args.out, folder=True)
@@ -64,8 +36,7 @@ def run(args) -> None:
     rule = SeriesRule.parse(args.select) if args.select else None
     cases = find_cases(args.inputs)
     seg = Segmenter(args.model, backend=args.backend, precision=args.precision)
-    identity = model_identity(args.model)
-    algorithm = ("ldseg_rt " + seg.config.name, _versions()["ldseg_rt"])
+    algorithm = algorithm_identity(seg)
     log.info("%d case(s) with %s (%s, %s %s) -> %s", len(cases), args.model, seg.config.name, seg.backend_name,
              seg.precision, out)
     rows = []
@@ -79,12 +50,9 @@ def run(args) -> None:
             data = read_case(case, rule)
             result = _segment(seg, data, args)
             volume = isinstance(data, Volume)
-            sidecar = {"case": case.name, "input": str(case.path), **identity, "seed": result.seed, "n": args.n,
-                       "steps": args.steps or seg.config.steps, "backend": seg.backend_name,
-                       "precision": seg.precision, "axis": result.axis if volume else None,
-                       "input_shape": list(data.array.shape if volume else data.shape),
-                       "timings_ms": {k: round(v, 1) for k, v in result.timings.items()},
-                       "warnings": result.warnings, "versions": _versions()}
+            sidecar = {"case": case.name, "input": str(case.path), "model": args.model,
+                       **reproduction_record(seg, result, args.n, args.steps,
+                                             data.array.shape if volume else data.shape)}
             chosen = formats or default_formats(volume, volume and isinstance(data.source, list))
             write_case(folder, result, chosen, seg.class_names, sidecar, algorithm)
         except (LdsegError, OSError) as e:

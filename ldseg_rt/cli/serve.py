@@ -1,0 +1,69 @@
+"""`python -m ldseg_rt serve -m MODEL`: one process that loads the model once and serves it
+through an Open Inference Protocol HTTP endpoint (tritonclient works unchanged) and, with
+--dicom, a DICOM node that segments the series it receives and sends back a DICOM
+Segmentation and an uncertainty Parametric Map. Runs until SIGTERM or Ctrl-C, then finishes
+what it accepted."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+
+from ..serve.config import ServeConfig, load_config, split_list
+
+
+def settings(args) -> ServeConfig:
+    """The config file's settings, with the flags given on the command line on top."""
+    config = load_config(args.config) if args.config else ServeConfig()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)
+             if getattr(args, f.name, None) is not None}
+    if "allow_ae" in given:
+        given["allow_ae"] = split_list(given["allow_ae"])
+    return dataclasses.replace(config, **given).check()
+
+
+def run(args) -> None:
+    from ..serve.service import Service
+
+    config = settings(args)
+    for handler in logging.getLogger().handlers:  # a service's log lines need their time and source
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for chatty in ("pynetdicom", "highdicom"):  # a line per DIMSE message or copied module: the node logs its own
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service = Service(config).start()
+    try:
+        stop.wait()
+    finally:
+        service.stop()
+
+
+def add_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="serve a model over HTTP (Open Inference Protocol) and as a DICOM node",
+                           description=__doc__.split("\n\n")[0])
+    serve.add_argument("--config", help="TOML file of settings, keys named as the flags (allow_ae = [...])")
+    serve.add_argument("-m", "--model", help="bundle (NAME.ldseg), checkpoint or builtin:NAME; its name is the "
+                                             "model name in the HTTP paths (builtin:phantom serves as phantom)")
+    serve.add_argument("--backend", help="auto (default), torch, onnxruntime, tensorrt")
+    serve.add_argument("--precision", help="auto (default) or one the backend offers")
+    serve.add_argument("-n", type=int, help="samples per image or slice unless a request says otherwise (16)")
+    serve.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    serve.add_argument("--seed", type=int, help="seed of every DICOM series (default: derived from its UID)")
+    serve.add_argument("--http", help="HOST:PORT of the HTTP endpoint (default 127.0.0.1:8000; off: none)")
+    serve.add_argument("--dicom", help="HOST:PORT of the DICOM node (default: no node)")
+    serve.add_argument("--ae-title", dest="ae_title", help="the node's AE title (default LDSEG_RT)")
+    serve.add_argument("--allow-ae", dest="allow_ae", help="calling AE titles accepted, comma-separated")
+    serve.add_argument("--destination", help="where results are sent by C-STORE: AE@HOST:PORT")
+    serve.add_argument("--output-dir", dest="output_dir", help="write results to DIR/<SeriesInstanceUID>/ instead")
+    serve.add_argument("--spool", help="folder where received instances wait (survives restarts)")
+    serve.add_argument("--select", help="series rule: modality=MR,description=REGEX,largest (others are skipped)")
+    serve.add_argument("--quiet", type=float, help="seconds without instances after which a series is complete (5)")
+    serve.add_argument("--queue", type=int, help="jobs that may wait for the model; more are refused (8)")
+    serve.add_argument("--token-file", dest="token_file", help="file holding the bearer token HTTP clients must send")
+    serve.add_argument("--tls-cert", dest="tls_cert", help="TLS certificate (PEM) for HTTPS")
+    serve.add_argument("--tls-key", dest="tls_key", help="its private key (PEM)")
+    serve.add_argument("--max-request-mb", dest="max_request_mb", type=float, help="largest HTTP request body (64)")
+    serve.set_defaults(run=run)
