@@ -30,10 +30,23 @@ def free_port() -> int:
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+    info = Path("/proc/cpuinfo").read_text()
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    kind = "AVX-512 bf16" if "avx512_bf16" in info else "AVX2" if "avx2" in info else "no AVX2"
+    return f"{names[0] if names else platform.processor()}, {len(names)} cores, {kind}"
+
+
+def direct_ms(image: np.ndarray, n: int, repeats: int = 15) -> float:
+    """The median time of the same sample() in this process: what the service adds is the rest."""
+    from ldseg_rt import Segmenter
+    segmenter = Segmenter("builtin:phantom")
+    segmenter.sample(image, n=n, seed=0)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        segmenter.sample(image, n=n, seed=0)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
 
 
 def infer(port: int, body: bytes, timeout: float):
@@ -129,6 +142,7 @@ def main():
     finally:
         server.terminate()
         server.wait(120)
+    alone = direct_ms(image, args.n)  # after the server has gone: nothing else running
     print(f"builtin:phantom, {args.size}x{args.size} image, n={args.n}, queue {args.queue}, {cpu_name()}\n")
     print("| scenario | clients | requests | answered 200 | refused 503 | retries | lost or failed | "
           "throughput (req/s) | p50 ms | p95 ms | p99 ms |")
@@ -136,6 +150,8 @@ def main():
     for name, r in rows:
         print(f"| {name} | {r['clients']} | {r['requests']} | {r['ok']} | {r['busy']} | {r['retries']} | "
               f"{r['lost'] + r['failed']} | {r['throughput']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} |")
+    print(f"\nsample() of the same image in one process, median: {alone:.0f} ms "
+          f"({1e3 / alone:.2f} per second, the ceiling of one model instance)")
 
 
 if __name__ == "__main__":

@@ -66,4 +66,5 @@ def add_parser(sub) -> None:
     serve.add_argument("--tls-cert", dest="tls_cert", help="TLS certificate (PEM) for HTTPS")
     serve.add_argument("--tls-key", dest="tls_key", help="its private key (PEM)")
     serve.add_argument("--max-request-mb", dest="max_request_mb", type=float, help="largest HTTP request body (64)")
+    serve.add_argument("--max-n", dest="max_n", type=int, help="most samples one HTTP request may ask for (128)")
     serve.set_defaults(run=run)

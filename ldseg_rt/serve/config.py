@@ -46,15 +46,18 @@ class ServeConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_request_mb: float = 64.0
+    max_n: int = 128  # the most samples one HTTP request may ask for
 
     def check(self) -> "ServeConfig":
         """Refuse settings that cannot work together, naming the setting."""
         if not self.model:
             raise InvalidArgumentError("no model: pass -m MODEL or set model in the config file")
-        for name in ("n", "queue"):
+        for name in ("n", "queue", "max_n"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+        if self.n > self.max_n:
+            raise InvalidArgumentError(f"n ({self.n}) is more than max_n ({self.max_n})")
         if not self.quiet > 0 or not self.max_request_mb > 0:
             raise InvalidArgumentError("quiet and max_request_mb must be positive")
         if self.http_address is None and self.dicom_address is None:
@@ -91,7 +94,7 @@ class ServeConfig:
 
 # What each setting of a config file must be (str where not listed).
 _INTEGER, _NUMBER = (int, "an integer"), ((int, float), "a number")
-_TYPES = {"n": _INTEGER, "steps": _INTEGER, "seed": _INTEGER, "queue": _INTEGER, "quiet": _NUMBER,
+_TYPES = {"n": _INTEGER, "max_n": _INTEGER, "steps": _INTEGER, "seed": _INTEGER, "queue": _INTEGER, "quiet": _NUMBER,
           "max_request_mb": _NUMBER, "allow_ae": (list, "a list of AE titles")}
 
 

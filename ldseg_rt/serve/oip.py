@@ -35,6 +35,7 @@ from .tensors import HEADER_LENGTH, ProtocolError, Tensor, encode_response, pars
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 2 ** 20  # a 2048 x 2048 x 4 FP32 image in binary, with room to spare
+DEFAULT_MAX_N = 128  # samples one request may ask for: compute grows with n, and one request must not hold the model
 VERSION = "1"  # the one version of the one model served
 IMAGE = "IMAGE"
 IMAGE_DATATYPES = ("FP32", "UINT8", "INT16", "UINT16")
@@ -81,10 +82,12 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 
 
 def create_app(segmenter, work, metrics, *, n: int = 16, token: str | None = None,
-               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, retry_after: int = 1) -> FastAPI:
+               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, max_n: int = DEFAULT_MAX_N,
+               retry_after: int = 1) -> FastAPI:
     """The endpoint for `segmenter`, running its sample() calls on `work` (a WorkQueue) and
     counting requests in `metrics`. n: the number of samples when a request does not say;
-    token: the bearer token every path but the health probes needs (None: open);
+    token: the bearer token every path but the health probes needs (None: open); max_n: the
+    most samples a request may ask for;
     retry_after: the seconds a busy answer (503) tells the client to wait."""
     model = segmenter.model_name
     config = segmenter.config
@@ -161,7 +164,10 @@ def create_app(segmenter, work, metrics, *, n: int = 16, token: str | None = Non
         binary = parameters.get("binary_data_output", False)
         if not isinstance(binary, bool):
             raise ProtocolError(f"binary_data_output must be true or false, got {binary!r}")
-        return parameters.get("n", n), parameters.get("steps"), parameters.get("seed"), binary
+        count = parameters.get("n", n)
+        if type(count) is int and count > max_n:
+            raise ProtocolError(f"n={count} is more samples than this server gives one request (at most {max_n})")
+        return count, parameters.get("steps"), parameters.get("seed"), binary
 
     def requested(outputs: list | None, binary: bool) -> list[tuple[str, bool]]:
         """(name, binary) of each output to send; binary: the default where an output does not say."""

@@ -40,7 +40,7 @@ class Service:
             from .http_server import HttpServer
             from .oip import create_app
             app = create_app(self.segmenter, self.work, self.metrics, n=config.n, token=token,
-                             max_request_bytes=int(config.max_request_mb * 2 ** 20))
+                             max_request_bytes=int(config.max_request_mb * 2 ** 20), max_n=config.max_n)
             self.http = HttpServer(app, *config.http_address, certfile=config.tls_cert, keyfile=config.tls_key)
         if config.dicom_address is not None:
             from .delivery import Destination

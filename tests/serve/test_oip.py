@@ -220,6 +220,7 @@ def test_library_errors_are_400_with_the_library_message(served, segmenter):
 
 @pytest.mark.parametrize("kwargs, status, words", [
     ({"parameters": {"n": 2, "colour": "red"}}, "400", "'colour'"),
+    ({"parameters": {"n": 129}}, "400", "n=129 is more samples than this server gives one request (at most 128)"),
     ({"outputs": [triton.InferRequestedOutput("LOGITS")]}, "400", "'LOGITS'"),
     ({"inputs": "INPUT0"}, "400", "'INPUT0'"),
     ({"inputs": "INT32"}, "400", "INT32"),
