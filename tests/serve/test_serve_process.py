@@ -49,7 +49,8 @@ class Server:
         deadline = time.monotonic() + timeout
         while text not in self.log:
             assert self.process.poll() is None, f"the server exited ({self.process.returncode}):\n{self.log}"
-            assert time.monotonic() < deadline, f"no {text!r} in the log after {timeout} s:\n{self.log}"
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {text!r} in the log after {timeout} s:\n{self.log}")
             time.sleep(0.1)
 
     def terminate(self, timeout: float = 120) -> int:
@@ -124,7 +125,8 @@ class Destination:
     def wait_for(self, series_uids, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not all(len(self.received.get(uid, [])) >= count for uid in series_uids):
-            assert time.monotonic() < deadline, f"received only {self.counts()}"
+            if time.monotonic() > deadline:
+                pytest.fail(f"received only {self.counts()}")
             time.sleep(0.1)
 
     def counts(self) -> dict:

@@ -82,7 +82,10 @@ def test_close_finishes_admitted_jobs_and_refuses_new_ones():
     held = work.admit()
     closer = threading.Thread(target=work.close, args=(10,))
     closer.start()
-    time.sleep(0.05)
+    for _ in range(1000):  # bounded: close() flips accepting at once
+        if not work.accepting:
+            break
+        time.sleep(0.01)
     assert not work.accepting
     with pytest.raises(ServiceBusyError, match="shutting down"):
         work.submit(lambda: None)
