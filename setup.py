@@ -27,7 +27,7 @@ setup(
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",
     install_requires=["numpy", "torch", "tqdm", "pillow", "nibabel", "pydicom", "highdicom", "scipy", "matplotlib",
-                      "onnx", "onnxruntime", "safetensors"],
+                      "onnx", "onnxruntime", "safetensors", "h5py"],
     extras_require={"tensorrt": ["tensorrt"], "gpu": ["triton"],
                     "serve": ["fastapi", "uvicorn", "pynetdicom", "prometheus-client"]},
 )

@@ -1,4 +1,5 @@
-"""`python -m ldseg_rt.export CKPT --out NAME.ldseg` (or `--builtin NAME`): write a bundle."""
+"""`python -m ldseg_rt.export CKPT --out NAME.ldseg` (or `--builtin NAME`, or `--from-keras DIR --config NAME`
+for the official LDSeg Keras weights): write a bundle."""
 from __future__ import annotations
 
 import argparse
@@ -6,10 +7,11 @@ from pathlib import Path
 
 from ..bundle import SUFFIX
 from ..cli import run_command
-from ..errors import BundleError
+from ..errors import BundleError, InvalidArgumentError
 from ..io.atomic import check_writable
 from ..models.checkpoint import load_model
 from .exporter import CHECK_BATCHES, TOLERANCE, export_bundle
+from .keras_weights import load_keras_model
 
 
 def _batches(text: str) -> tuple[int, ...]:
@@ -27,6 +29,11 @@ def main(argv=None) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("checkpoint", nargs="?", help="checkpoint written by python -m ldseg_rt train")
     source.add_argument("--builtin", metavar="NAME", help="a model shipped with ldseg_rt (e.g. phantom)")
+    source.add_argument("--from-keras", metavar="DIR",
+                        help="folder of the official LDSeg Keras weights (imageEncoder.hdf5, labelDecoder.hdf5, "
+                             "denoiser.hdf5; labelEncoder.hdf5 optional)")
+    parser.add_argument("--config", metavar="NAME",
+                        help="with --from-keras: the configuration the Keras weights are for (e.g. glas512)")
     parser.add_argument("--out", help=f"bundle folder to write (default: the model's name + {SUFFIX})")
     parser.add_argument("--classes", help="comma-separated class names, background first")
     parser.add_argument("--check-batches", type=_batches, default=CHECK_BATCHES,
@@ -37,11 +44,18 @@ def main(argv=None) -> None:
 
 
 def _run(args) -> None:
-    engine = f"builtin:{args.builtin}" if args.builtin else args.checkpoint
-    out = check_writable(args.out or f"{args.builtin or Path(args.checkpoint).stem}{SUFFIX}")
+    if bool(args.config) != bool(args.from_keras):
+        raise InvalidArgumentError("--config and --from-keras go together: the configuration names the "
+                                   "architecture the Keras weights are for")
+    if args.from_keras:
+        engine, name = f"keras:{Path(args.from_keras).resolve()}", args.config
+    else:
+        engine = f"builtin:{args.builtin}" if args.builtin else args.checkpoint
+        name = args.builtin or Path(args.checkpoint).stem
+    out = check_writable(args.out or f"{name}{SUFFIX}")
     if out.exists() and not args.force:  # refused before the export's minutes of work
         raise BundleError(f"{str(out)!r} already exists; choose another name or pass --force to replace it")
-    model = load_model(engine)
+    model = load_keras_model(args.from_keras, args.config) if args.from_keras else load_model(engine)
     print(f"exporting {engine} ({model.config.name} configuration) to {out}")
     bundle = export_bundle(model, out, args.classes.split(",") if args.classes else None, source=str(engine),
                            check_batches=args.check_batches, overwrite=args.force)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..bundle import Bundle, package_versions, write_bundle
 from ..errors import ExportError, InvalidArgumentError
 from ..models.checkpoint import TRAINING_ONLY
-from ..pipeline.preprocess import INTENSITY
+from ..pipeline.preprocess import INTENSITY, OFFICIAL, OFFICIAL_INTENSITY, OFFICIAL_RESIZE, RESIZE, ROBUST
 from .onnx_graphs import BATCH, OPSET, network_io, relative_error, to_onnx
 
 CHECK_BATCHES = (1, 16, 32)
@@ -62,7 +62,8 @@ def export_bundle(model, out, class_names: list[str] | None = None, source: str 
     manifest = {"family": cfg.family, "source": source, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "config": cfg.to_dict(), "classes": class_names,
                 "preprocessing": _preprocessing(cfg, getattr(model, "input_statistics", None),
-                                                getattr(model, "slice_axis", None)),
+                                                getattr(model, "slice_axis", None),
+                                                getattr(model, "preprocessing", ROBUST)),
                 "diffusion": _diffusion(cfg), "networks": networks, "versions": package_versions()}
     return write_bundle(out, manifest, files, overwrite=overwrite)
 
@@ -71,10 +72,11 @@ def _tensors(shapes: dict[str, list]) -> dict:
     return {name: {"shape": shape, "dtype": "float32", "dynamic_axes": {"0": BATCH}} for name, shape in shapes.items()}
 
 
-def _preprocessing(cfg, input_statistics: dict | None, slice_axis: int | None) -> dict:
-    return {"channels": cfg.in_channels, "size": [cfg.image_size, cfg.image_size],
-            "resize": "bilinear, antialiased, to size; results resized back to the input's size",
-            "intensity": INTENSITY, "layout": "NCHW float32",
+def _preprocessing(cfg, input_statistics: dict | None, slice_axis: int | None, mode: str) -> dict:
+    official = mode == OFFICIAL  # models imported from the official weights take the official loader's inputs
+    return {"mode": mode, "channels": cfg.in_channels, "size": [cfg.image_size, cfg.image_size],
+            "resize": OFFICIAL_RESIZE if official else RESIZE,
+            "intensity": OFFICIAL_INTENSITY if official else INTENSITY, "layout": "NCHW float32",
             "input_statistics": input_statistics,  # the training images' ranges; None where not recorded
             "slice_axis": slice_axis}  # the voxel axis training slices were cut along; None for 2-D images
 

@@ -1,7 +1,9 @@
 """Named configurations of both model families.
 
 LDSeg (L): `glas512` is the paper's 2D configuration exactly; `small` is a scaled-down
-variant with the same structure for tests, the demo and CPU training. Pixel-space ambiguous
+variant with the same structure for tests, the demo and CPU training. `knee3d` is the paper's
+3-D configuration (volumes, whose networks differ in structure from the 2-D ones: see
+ldseg_rt.models.ldseg3d); `small3d` the same structure scaled down. Pixel-space ambiguous
 segmentation (P): `amb128` is the paper's U-Net and diffusion settings; `amb_small` the same
 structure scaled down for CPU training.
 """
@@ -12,11 +14,15 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
+# How a model's inputs are prepared: ours (a robust intensity window), or the official LDSeg
+# loader's (min-max scaling), which models imported from the official weights were trained on.
+ROBUST, OFFICIAL = "robust", "official"
+
 
 @dataclass(frozen=True)
 class LDSegConfig:
     name: str
-    image_size: int  # square input side, pixels
+    image_size: int | tuple[int, ...]  # a square image's side, or the input's (H, W) or volume (D, H, W)
     in_channels: int
     num_classes: int
     latent_channels: int = 1
@@ -57,23 +63,32 @@ class LDSegConfig:
                 f"{self.name}: label encoder ({len(self.label_encoder_widths) - 1} poolings), image encoder "
                 f"({downsamplings} blocks) and decoder ({len(self.decoder_widths)} stages) must change "
                 "resolution by the same factor")
-        if self.image_size % 2 ** downsamplings:
+        if self.spatial_dims not in (2, 3):
+            raise ConfigError(f"{self.name}: image_size {self.image_size} must be one side, (H, W) or (D, H, W)")
+        if any(side % 2 ** downsamplings for side in self.image_shape):
             raise ConfigError(f"{self.name}: image_size {self.image_size} is not divisible by {2 ** downsamplings}")
-        if self.latent_size % 2 ** (len(self.denoiser_widths) - 1):
-            raise ConfigError(f"{self.name}: latent {self.latent_size} too small for {len(self.denoiser_widths)} levels")
+        if any(side % 2 ** (len(self.denoiser_widths) - 1) for side in self.latent_shape[1:]):
+            raise ConfigError(f"{self.name}: latent {self.latent_shape[1:]} too small for "
+                              f"{len(self.denoiser_widths)} levels")
         if self.num_classes < 2 or self.in_channels < 1:
             raise ConfigError(f"{self.name}: needs at least 2 classes and 1 input channel")
 
     @property
-    def latent_size(self) -> int:
-        return self.image_size // 2 ** len(self.image_encoder_widths)
+    def image_shape(self) -> tuple[int, ...]:
+        """The networks' input size: (H, W) for images, (D, H, W) for volumes."""
+        return (self.image_size,) * 2 if isinstance(self.image_size, int) else tuple(self.image_size)
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (self.latent_channels, self.latent_size, self.latent_size)
+    def spatial_dims(self) -> int:
+        return len(self.image_shape)
 
     @property
-    def condition_shape(self) -> tuple[int, int, int]:
+    def latent_shape(self) -> tuple[int, ...]:
+        factor = 2 ** len(self.image_encoder_widths)
+        return (self.latent_channels, *(side // factor for side in self.image_shape))
+
+    @property
+    def condition_shape(self) -> tuple[int, ...]:
         """What the image encoder gives the denoiser: the image latent z_i."""
         return self.latent_shape
 
@@ -175,6 +190,13 @@ CONFIGS = {
         label_encoder_widths=(16, 32, 32, 32),
         decoder_widths=(32, 32, 16),
     ),
+    # The official 3-D networks have no attention in the image encoder.
+    "knee3d": LDSegConfig(name="knee3d", image_size=(128, 128, 256), in_channels=1, num_classes=3,
+                          image_encoder_attention=(False,) * 4),
+    "small3d": LDSegConfig(name="small3d", image_size=(32, 32, 64), in_channels=1, num_classes=3,
+                           image_encoder_widths=(8, 16, 8), image_encoder_attention=(False,) * 3,
+                           label_encoder_widths=(8, 16, 16, 8), decoder_widths=(16, 16, 8), denoiser_widths=(16, 32),
+                           denoiser_attention=(False, True)),
     "amb128": AmbiguousConfig(name="amb128"),
     "amb_small": AmbiguousConfig(name="amb_small", image_size=32, base_channels=16, channel_mults=(1, 2, 2),
                                  num_res_blocks=(1, 1, 1), num_middle_blocks=1, norm_groups=8),

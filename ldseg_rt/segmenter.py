@@ -22,7 +22,7 @@ from .errors import InvalidArgumentError
 from .models import build_model
 from .models.checkpoint import BUILTIN_DIR, load_model
 from .pipeline.aggregate import Aggregator
-from .pipeline.preprocess import Prepared, prepare, spatial_size
+from .pipeline.preprocess import ROBUST, Prepared, prepare, spatial_size
 from .pipeline.volumes import DEFAULT_MAX_BATCH, VolumeResult, segment_volume
 
 SEED_LIMIT = 2 ** 64
@@ -113,6 +113,9 @@ class Segmenter:
         self.input_statistics = recorded.get("input_statistics")
         # The voxel axis the model's training slices were cut along: volumes are sliced the same way.
         self.slice_axis = recorded.get("slice_axis")
+        # How images are prepared: the official loader's way for imported official weights, else ours.
+        self.preprocessing = (recorded.get("mode", ROBUST) if isinstance(source, Bundle) else
+                              getattr(source, "preprocessing", ROBUST))
 
     @classmethod
     def from_config(cls, name: str, seed: int = 0, backend: str = "auto", device="auto",
@@ -171,7 +174,7 @@ class Segmenter:
         clock = _Stopwatch()
         total = time.perf_counter()
         with clock.stage("preprocess"):
-            prepared = [prepare(img, self.config, self.input_statistics) for img in imgs]
+            prepared = [prepare(img, self.config, self.input_statistics, self.preprocessing) for img in imgs]
         with clock.stage("encode"):
             z_i = self.backend.encode(np.stack([p.pixels for p in prepared]))
         with clock.stage("sample"):

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ..bundle import Bundle, is_bundle, load_bundle
-from ..configs import config_from_dict
+from ..configs import ROBUST, config_from_dict
 from ..errors import ConfigError, ModelLoadError
 from ..io.atomic import replacing
 from . import MODELS, build_model
@@ -95,8 +95,10 @@ def model_from_bundle(bundle: Bundle) -> nn.Module:
     except SafetensorError as e:
         raise ModelLoadError(f"{str(bundle.path)!r}: weights.safetensors cannot be read: {e}") from e
     model = _with_weights(bundle.manifest["config"], bundle.manifest["family"], weights, str(bundle.path))
-    model.input_statistics = bundle.manifest.get("preprocessing", {}).get("input_statistics")
-    model.slice_axis = bundle.manifest.get("preprocessing", {}).get("slice_axis")
+    recorded = bundle.manifest.get("preprocessing", {})
+    model.input_statistics = recorded.get("input_statistics")
+    model.slice_axis = recorded.get("slice_axis")
+    model.preprocessing = recorded.get("mode", ROBUST)  # bundles written before modes existed are ours
     return model
 
 

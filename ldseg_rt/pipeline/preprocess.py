@@ -13,6 +13,10 @@ clipped 0.5% tails. An image with no contrast is refused; one the model is unlik
 (mostly outside its intensity window, with no spatial structure: pure noise, or far from the
 images the model was trained on, by the statistics training recorded) gets a warning in
 `SampleResult.warnings`.
+
+Models imported from the official LDSeg weights were trained on the official loader's inputs
+instead (mode OFFICIAL): nearest-neighbour resize as OpenCV's INTER_NEAREST does it, then
+min-max scaling of each image to [0, 1]; a bundle's manifest records which mode its model takes.
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..configs import LDSegConfig
-from ..errors import ImageTypeError, InvalidImageError
+from ..configs import OFFICIAL, ROBUST, LDSegConfig
+from ..errors import ImageTypeError, InvalidArgumentError, InvalidImageError
 
 WINDOW_PERCENTILES = (0.5, 99.5)  # the intensity window of an image
 PADDING_MIN_FRACTION = 0.01  # a constant extreme value on at least this share of pixels may be padding
@@ -35,6 +39,9 @@ STATISTICS_MARGIN = (0.25, 0.05)  # a training range is widened by 25% of its wi
 INTENSITY = (f"per image, to [0, 1] between its {WINDOW_PERCENTILES[0]}th and {WINDOW_PERCENTILES[1]}th percentiles, "
              "clipped outside; a constant value padding a border far beyond the rest is left out of the percentiles; "
              "an image without contrast is refused")
+RESIZE = "bilinear, antialiased, to size; results resized back to the input's size"
+OFFICIAL_RESIZE = "nearest neighbour (OpenCV INTER_NEAREST), to size; results resized back to the input's size"
+OFFICIAL_INTENSITY = "per image, min-max to [0, 1] over all channels; an image without contrast is refused"
 _TORCH_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
                  torch.uint64)
 
@@ -149,9 +156,20 @@ def _unlike_training(stats: dict[str, float], expected: dict) -> list[str]:
     return out
 
 
-def prepare(img, cfg: LDSegConfig, expected: dict | None = None) -> Prepared:
+def resize_nearest(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """(C, H, W) -> (C, size, size) as OpenCV's INTER_NEAREST picks pixels: source index
+    floor(i * (1 / (size / n))), in double precision, capped at n - 1."""
+    rows, cols = (np.minimum(np.floor(np.arange(size) * (1.0 / (size / n))).astype(np.int64), n - 1)
+                  for n in pixels.shape[1:])
+    return pixels[:, torch.from_numpy(rows)][:, :, torch.from_numpy(cols)]
+
+
+def prepare(img, cfg: LDSegConfig, expected: dict | None = None, mode: str = ROBUST) -> Prepared:
     """Check the image, resize it to the model's input size and scale its intensity window to
-    [0, 1]. expected: the training images' statistics_range, if recorded, to flag images unlike them."""
+    [0, 1]. expected: the training images' statistics_range, if recorded, to flag images unlike them.
+    mode: ROBUST, or OFFICIAL for models imported from the official LDSeg weights."""
+    if mode not in (ROBUST, OFFICIAL):
+        raise InvalidArgumentError(f"unknown preprocessing mode {mode!r}; expected {ROBUST!r} or {OFFICIAL!r}")
     pixels, device = _as_channels_first(img)
     channels, h, w = pixels.shape
     if h == 0 or w == 0:
@@ -167,6 +185,8 @@ def prepare(img, cfg: LDSegConfig, expected: dict | None = None) -> Prepared:
     largest = float(pixels.abs().max())
     if largest > 1e300:  # differences of such values overflow; a power of two rescales exactly
         pixels = pixels * 2.0 ** -np.ceil(np.log2(largest))
+    if mode == OFFICIAL:
+        return _prepare_official(pixels, cfg, (h, w), device, expected)
     if (h, w) != (cfg.image_size, cfg.image_size):
         pixels = F.interpolate(pixels[None], size=(cfg.image_size, cfg.image_size), mode="bilinear",
                                align_corners=False, antialias=True)[0]
@@ -178,10 +198,27 @@ def prepare(img, cfg: LDSegConfig, expected: dict | None = None) -> Prepared:
     if outside > OUTSIDE_WINDOW_WARNING:
         warnings.append(f"{outside:.0%} of the pixels lie outside the image's intensity window "
                         f"[{lo:.4g}, {hi:.4g}]: the model may not read this image")
+    warnings += _structure_warnings(scaled, expected)
+    return Prepared(scaled.astype(np.float32), (h, w), device, warnings)
+
+
+def _structure_warnings(scaled: np.ndarray, expected: dict | None) -> list[str]:
+    warnings = []
     stats = image_statistics(scaled)
     if stats["neighbour_correlation"] < NOISE_CORRELATION:
         warnings.append(f"the image has no spatial structure (neighbouring pixels correlate "
                         f"{stats['neighbour_correlation']:.2f}): it looks like noise, and its segmentation is not to "
                         "be trusted")
-    warnings += _unlike_training(stats, expected or {})
-    return Prepared(scaled.astype(np.float32), (h, w), device, warnings)
+    return warnings + _unlike_training(stats, expected or {})
+
+
+def _prepare_official(pixels: torch.Tensor, cfg: LDSegConfig, size: tuple[int, int], device,
+                      expected: dict | None) -> Prepared:
+    """The official LDSeg loader's preprocessing (utilities/dataLoader.py: cv2.resize INTER_NEAREST, then
+    min-max over the whole image)."""
+    values = resize_nearest(pixels, cfg.image_size).numpy()
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        raise InvalidImageError(f"image has no contrast: every pixel is {lo:g}; there is nothing to segment")
+    scaled = (values - lo) / (hi - lo)
+    return Prepared(scaled.astype(np.float32), size, device, _structure_warnings(scaled, expected))

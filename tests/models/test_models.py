@@ -34,28 +34,27 @@ def test_parameter_counts_match_keras(name):
     assert 0.95e6 < trainable(model.denoiser) < 1.05e6  # the design: "about 1.0M"
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in CONFIGS.items() if c.family == "ldseg"))
-def test_shapes(name):
+@pytest.mark.parametrize("name", sorted(n for n, c in CONFIGS.items() if c.family == "ldseg" and c.spatial_dims == 2))
+def test_shapes(name):  # the 3-D networks: tests/models/test_ldseg3d.py
     cfg = get_config(name)
     model = perturbed(LDSeg.from_config(cfg), seed=1).eval()
-    s, l, lc = cfg.image_size, cfg.latent_size, cfg.latent_channels
+    s, latent = cfg.image_shape, cfg.latent_shape
     with torch.no_grad():
-        z_i = model.image_encoder(torch.rand(2, cfg.in_channels, s, s))
-        eps = model.denoiser(torch.randn(2, lc, l, l), z_i, torch.tensor([0.0, 999.0]))
-        probs = model.decoder(torch.randn(2, lc, l, l))
-        z_l = model.label_encoder(torch.randint(0, cfg.num_classes, (2, 1, s, s)).float())
-    assert z_i.shape == eps.shape == z_l.shape == (2, lc, l, l)
-    assert probs.shape == (2, cfg.num_classes, s, s)
-    torch.testing.assert_close(probs.sum(1), torch.ones(2, s, s))
+        z_i = model.image_encoder(torch.rand(2, cfg.in_channels, *s))
+        eps = model.denoiser(torch.randn(2, *latent), z_i, torch.tensor([0.0, 999.0]))
+        probs = model.decoder(torch.randn(2, *latent))
+        z_l = model.label_encoder(torch.randint(0, cfg.num_classes, (2, 1, *s)).float())
+    assert z_i.shape == eps.shape == z_l.shape == (2, *latent)
+    assert probs.shape == (2, cfg.num_classes, *s)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, *s))
     assert torch.isfinite(eps).all()
 
 
 def test_networks_are_batch_independent(small_model):
     """In eval mode every row is computed alone: what sampling reproducibility stands on."""
     cfg = small_model.config
-    l = cfg.latent_size
     gen = torch.Generator().manual_seed(0)
-    z, z_i = torch.randn(5, 1, l, l, generator=gen), torch.randn(5, 1, l, l, generator=gen)
+    z, z_i = torch.randn(5, *cfg.latent_shape, generator=gen), torch.randn(5, *cfg.latent_shape, generator=gen)
     t = torch.tensor([999.0, 500.0, 71.4, 3.0, 0.0])
     with torch.no_grad():
         batched = small_model.denoiser(z, z_i, t)
