@@ -81,18 +81,20 @@ py::array_t<float> sample(const py::function& denoise, const py::object& seeds, 
                           const py::array_t<double, py::array::c_style | py::array::forcecast>& table,
                           const std::string& prediction, double clip, bool renormalize, int threads) {
   if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
-  if (latent_shape.size() != 3 || std::any_of(latent_shape.begin(), latent_shape.end(), [](int64_t d) { return d < 1; }))
-    throw py::value_error("latent_shape must be three positive ints (C, H, W), got " +
+  // (C, H, W) for images, (C, D, H, W) for volumes: the loop itself sees only the element count.
+  if (latent_shape.empty() || std::any_of(latent_shape.begin(), latent_shape.end(), [](int64_t d) { return d < 1; }))
+    throw py::value_error("latent_shape must be positive ints, e.g. (C, H, W) or (C, D, H, W), got " +
                           shape_string({latent_shape.begin(), latent_shape.end()}));
   // In double, so that absurd shapes cannot overflow before the check.
-  if (static_cast<double>(latent_shape[0]) * latent_shape[1] * latent_shape[2] > static_cast<double>(kMaxNumel))
-    throw py::value_error("latent_shape has more than 2^34 elements");
+  double numel = 1.0;
+  for (const int64_t d : latent_shape) numel *= static_cast<double>(d);
+  if (numel > static_cast<double>(kMaxNumel)) throw py::value_error("latent_shape has more than 2^34 elements");
   if (threads < 0) throw py::value_error("threads must be >= 0 (0: all cores), got " + std::to_string(threads));
 
   SamplerConfig cfg;
   cfg.seeds = to_seeds(seeds);
   cfg.n = static_cast<std::size_t>(n);
-  cfg.numel = static_cast<std::size_t>(latent_shape[0] * latent_shape[1] * latent_shape[2]);
+  cfg.numel = static_cast<std::size_t>(numel);
   cfg.steps = to_steps(table);
   cfg.prediction = parse_prediction(prediction);
   cfg.clip = clip;
@@ -100,7 +102,8 @@ py::array_t<float> sample(const py::function& denoise, const py::object& seeds, 
   cfg.threads = static_cast<unsigned>(threads);
 
   const auto rows = static_cast<py::ssize_t>(cfg.seeds.size() * cfg.n);
-  const std::vector<py::ssize_t> batch_shape = {rows, latent_shape[0], latent_shape[1], latent_shape[2]};
+  std::vector<py::ssize_t> batch_shape = {rows};
+  batch_shape.insert(batch_shape.end(), latent_shape.begin(), latent_shape.end());
   const Denoiser call_model = [&](std::size_t step, const FloatBuffer& z, const FloatBuffer& t,
                                   std::vector<float>& out) {
     py::gil_scoped_acquire gil;

@@ -1,5 +1,6 @@
-"""`python -m ldseg_rt.export CKPT --out NAME.ldseg` (or `--builtin NAME`, or `--from-keras DIR --config NAME`
-for the official LDSeg Keras weights): write a bundle."""
+"""`python -m ldseg_rt.export CKPT --out NAME.ldseg` (or `--builtin NAME`, `--from-keras DIR --config NAME`
+for the official LDSeg Keras weights, `--from-ambdiffseg CKPT` for a checkpoint of the original
+AmbDiffSeg code): write a bundle."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ from ..cli import run_command
 from ..errors import BundleError, InvalidArgumentError
 from ..io.atomic import check_writable
 from ..models.checkpoint import load_model
+from .ambdiffseg_weights import load_ambdiffseg_model
 from .exporter import CHECK_BATCHES, TOLERANCE, export_bundle
 from .keras_weights import load_keras_model
 
@@ -32,6 +34,9 @@ def main(argv=None) -> None:
     source.add_argument("--from-keras", metavar="DIR",
                         help="folder of the official LDSeg Keras weights (imageEncoder.hdf5, labelDecoder.hdf5, "
                              "denoiser.hdf5; labelEncoder.hdf5 optional)")
+    source.add_argument("--from-ambdiffseg", metavar="CKPT",
+                        help="checkpoint of the original AmbDiffSeg code (its train.py's .pt, or a .safetensors of "
+                             "its U-Net state dict), configured from the checkpoint's own config")
     parser.add_argument("--config", metavar="NAME",
                         help="with --from-keras: the configuration the Keras weights are for (e.g. glas512)")
     parser.add_argument("--out", help=f"bundle folder to write (default: the model's name + {SUFFIX})")
@@ -49,13 +54,20 @@ def _run(args) -> None:
                                    "architecture the Keras weights are for")
     if args.from_keras:
         engine, name = f"keras:{Path(args.from_keras).resolve()}", args.config
+    elif args.from_ambdiffseg:
+        engine, name = f"ambdiffseg:{Path(args.from_ambdiffseg).resolve()}", Path(args.from_ambdiffseg).stem
     else:
         engine = f"builtin:{args.builtin}" if args.builtin else args.checkpoint
         name = args.builtin or Path(args.checkpoint).stem
     out = check_writable(args.out or f"{name}{SUFFIX}")
     if out.exists() and not args.force:  # refused before the export's minutes of work
         raise BundleError(f"{str(out)!r} already exists; choose another name or pass --force to replace it")
-    model = load_keras_model(args.from_keras, args.config) if args.from_keras else load_model(engine)
+    if args.from_keras:
+        model = load_keras_model(args.from_keras, args.config)
+    elif args.from_ambdiffseg:
+        model = load_ambdiffseg_model(args.from_ambdiffseg)
+    else:
+        model = load_model(engine)
     print(f"exporting {engine} ({model.config.name} configuration) to {out}")
     bundle = export_bundle(model, out, args.classes.split(",") if args.classes else None, source=str(engine),
                            check_batches=args.check_batches, overwrite=args.force)

@@ -9,9 +9,10 @@ import safetensors.torch
 from tqdm.auto import tqdm
 
 from ..bundle import Bundle, package_versions, write_bundle
+from ..configs import OFFICIAL, ROBUST
 from ..errors import ExportError, InvalidArgumentError
 from ..models.checkpoint import TRAINING_ONLY
-from ..pipeline.preprocess import INTENSITY, OFFICIAL, OFFICIAL_INTENSITY, OFFICIAL_RESIZE, RESIZE, ROBUST
+from ..pipeline.preprocess import INTENSITY, OFFICIAL_INTENSITY, OFFICIAL_RESIZE, RESIZE, ZOOM
 from .onnx_graphs import BATCH, OPSET, network_io, relative_error, to_onnx
 
 CHECK_BATCHES = (1, 16, 32)
@@ -74,9 +75,11 @@ def _tensors(shapes: dict[str, list]) -> dict:
 
 def _preprocessing(cfg, input_statistics: dict | None, slice_axis: int | None, mode: str) -> dict:
     official = mode == OFFICIAL  # models imported from the official weights take the official loader's inputs
-    return {"mode": mode, "channels": cfg.in_channels, "size": [cfg.image_size, cfg.image_size],
-            "resize": OFFICIAL_RESIZE if official else RESIZE,
-            "intensity": OFFICIAL_INTENSITY if official else INTENSITY, "layout": "NCHW float32",
+    volumes = cfg.spatial_dims == 3
+    return {"mode": mode, "channels": cfg.in_channels, "size": list(cfg.image_shape),
+            "resize": ZOOM if volumes else OFFICIAL_RESIZE if official else RESIZE,
+            "intensity": OFFICIAL_INTENSITY if official else INTENSITY,
+            "layout": "NCDHW float32" if volumes else "NCHW float32",
             "input_statistics": input_statistics,  # the training images' ranges; None where not recorded
             "slice_axis": slice_axis}  # the voxel axis training slices were cut along; None for 2-D images
 

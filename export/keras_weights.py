@@ -1,5 +1,6 @@
 """The official LDSeg Keras weights (HDF5 files of Keras 2 `save_weights`) -> our PyTorch LDSeg, read
-with h5py alone: no TensorFlow, no pickle.
+with h5py alone: no TensorFlow, no pickle. The same mechanism reads the 2-D networks (imageEncoder.hdf5,
+...) and the 3-D ones (imageEncoder3D.hdf5, ...): the configuration says which files and which networks.
 
 Mapping: the file's layers that hold weights, in the graph order its `layer_names` records, are
 matched kind by kind (conv, transposed conv, dense, batch norm, group/layer norm, attention block)
@@ -25,10 +26,10 @@ from ..models.layers import SelfAttention
 from ..pipeline.preprocess import OFFICIAL
 
 FILES = {"image_encoder": "imageEncoder.hdf5", "label_encoder": "labelEncoder.hdf5",
-         "denoiser": "denoiser.hdf5", "decoder": "labelDecoder.hdf5"}
+         "denoiser": "denoiser.hdf5", "decoder": "labelDecoder.hdf5"}  # the 2-D networks; see keras_files()
 OPTIONAL = ("label_encoder",)  # training only: sampling never uses it
 # Keras names a layer after its class, numbered from the second one of a class (conv2d, conv2d_1, ...).
-KERAS_CLASSES = {"conv2d": "conv", "conv2d_transpose": "conv_transpose", "dense": "dense",
+KERAS_CLASSES = {"conv2d": "conv", "conv3d": "conv", "conv2d_transpose": "conv_transpose", "dense": "dense",
                  "batch_normalization": "batch_norm", "group_normalization": "norm", "layer_normalization": "norm",
                  "multi_head_attention_block": "attention", "attention_block": "attention"}
 # The three layers the official code names itself.
@@ -49,16 +50,23 @@ WEIGHTS = {
 _NUMBERED = re.compile(r"^(.*?)(?:_(\d+))?$")
 
 
+def keras_files(cfg) -> dict[str, str]:
+    """The official file of each network of `cfg`: imageEncoder.hdf5, ... for images, imageEncoder3D.hdf5, ...
+    for volumes."""
+    suffix = "3D" if cfg.spatial_dims == 3 else ""
+    return {network: file.replace(".hdf5", f"{suffix}.hdf5") for network, file in FILES.items()}
+
+
 def _module_kind(module: nn.Module) -> str | None:
     if isinstance(module, SelfAttention):
         return "attention"
     if isinstance(module, nn.ConvTranspose2d):
         return "conv_transpose"
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
         return "conv"
     if isinstance(module, nn.Linear):
         return "dense"
-    if isinstance(module, nn.BatchNorm2d):
+    if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
         return "batch_norm"
     if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
         return "norm"
@@ -71,14 +79,18 @@ def _layer_kind(name: str) -> str | None:
     return KERAS_CLASSES.get(_NUMBERED.match(name).group(1))
 
 
-def _to_torch(array: np.ndarray) -> np.ndarray:
-    """Keras layout -> ours. Conv2D HWIO -> OIHW; Conv2DTranspose (kh, kw, out, in) -> (in, out, kh, kw),
-    the same permutation; Dense (in, out) -> (out, in); LayerNorm's per-element (H, W, C) -> (C, H, W)."""
-    if array.ndim == 4:
-        return array.transpose(3, 2, 0, 1)
-    if array.ndim == 3:
-        return array.transpose(2, 0, 1)
-    return array.T if array.ndim == 2 else array
+def _to_torch(array: np.ndarray, kind: str) -> np.ndarray:
+    """Keras layout -> ours, for a weight of a layer of `kind`. Dense (in, out) -> (out, in); LayerNorm's
+    per-element (H, W, C) / (D, H, W, C) -> (C, H, W) / (C, D, H, W); conv kernels (*spatial, in, out) ->
+    (out, in, *spatial): Conv2D HWIO -> OIHW, Conv3D DHWIO -> OIDHW (in/groups when grouped), and
+    Conv2DTranspose (kh, kw, out, in) -> (in, out, kh, kw), the same permutation."""
+    if array.ndim < 2:
+        return array
+    if array.ndim == 2:  # dense layers' and attention blocks' kernels
+        return array.T
+    if kind == "norm":
+        return np.moveaxis(array, -1, 0)
+    return array.transpose(array.ndim - 1, array.ndim - 2, *range(array.ndim - 2))
 
 
 def _example_inputs(network: str, cfg) -> tuple:
@@ -86,8 +98,8 @@ def _example_inputs(network: str, cfg) -> tuple:
     def meta(*shape):
         return torch.empty(*shape, device="meta")
     latent = meta(1, *cfg.latent_shape)
-    return {"image_encoder": (meta(1, cfg.in_channels, cfg.image_size, cfg.image_size),),
-            "label_encoder": (meta(1, 1, cfg.image_size, cfg.image_size),),
+    return {"image_encoder": (meta(1, cfg.in_channels, *cfg.image_shape),),
+            "label_encoder": (meta(1, 1, *cfg.image_shape),),
             "decoder": (latent,),
             "denoiser": (latent, meta(1, *cfg.condition_shape), meta(1))}[network]
 
@@ -187,6 +199,11 @@ def load_network(net: nn.Module, path, network: str, cfg) -> None:
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file (the official {network} weights)")
     layers = _read_layers(path)
+    for layer, kind, weights in layers:  # a file of the other dimension would otherwise fail on counts first
+        kernel = weights[0][1]
+        if kind in ("conv", "conv_transpose") and kernel.ndim - 2 != cfg.spatial_dims:
+            raise ModelLoadError(f"{path}: layer {layer!r} holds a {kernel.ndim - 2}-D kernel {kernel.shape}; the "
+                                 f"{cfg.name} {network} is a {cfg.spatial_dims}-D network")
     modules = _call_order(net, cfg, _example_inputs(network, cfg))
     state, values = net.state_dict(), {}
     for kind in WEIGHTS:
@@ -204,7 +221,7 @@ def load_network(net: nn.Module, path, network: str, cfg) -> None:
                                  f"{len(ours)}{hint}")
         for (layer, _, weights), module_name in zip(theirs, ours):
             for (weight_name, array), target_name in zip(weights, WEIGHTS[kind][1]):
-                key, value = f"{module_name}.{target_name}", _to_torch(array)
+                key, value = f"{module_name}.{target_name}", _to_torch(array, kind)
                 if value.shape != tuple(state[key].shape):
                     raise ModelLoadError(f"{path}: layer {layer!r} weight {weight_name!r} of shape {array.shape} "
                                          f"does not fit {network}.{key} of shape {tuple(state[key].shape)}")
@@ -220,7 +237,8 @@ def load_network(net: nn.Module, path, network: str, cfg) -> None:
 def load_keras_model(directory, config: str = "glas512", seed: int = 0):
     """An LDSeg model of `config` with the official weights in `directory` (imageEncoder.hdf5,
     labelDecoder.hdf5, denoiser.hdf5; labelEncoder.hdf5 if present, else the label encoder keeps
-    its random initialisation, as it is training-only)."""
+    its random initialisation, as it is training-only). A 3-D configuration (knee3d) reads the 3-D
+    files: imageEncoder3D.hdf5, labelDecoder3D.hdf5, denoiser3D.hdf5 and labelEncoder3D.hdf5."""
     cfg = get_config(config)
     if cfg.family != "ldseg":
         raise ModelLoadError(f"the official Keras weights are LDSeg networks; configuration {config!r} is "
@@ -229,7 +247,7 @@ def load_keras_model(directory, config: str = "glas512", seed: int = 0):
     if not directory.is_dir():
         raise ModelLoadError(f"{directory}: no such folder of official Keras weights")
     model = build_model(cfg, seed)
-    for network, file in FILES.items():
+    for network, file in keras_files(cfg).items():
         if network in OPTIONAL and not (directory / file).exists():
             continue
         load_network(getattr(model, network), directory / file, network, cfg)

@@ -23,10 +23,10 @@ def network_io(model) -> dict[str, dict]:
     and outputs, as the manifest records them. Both families have the same three networks
     (the pixel-space family's encoder is the identity, its decoder a threshold)."""
     cfg = model.config
-    image = [BATCH, cfg.in_channels, cfg.image_size, cfg.image_size]
+    image = [BATCH, cfg.in_channels, *cfg.image_shape]
     latent = [BATCH, *cfg.latent_shape]
     condition = [BATCH, *cfg.condition_shape]
-    probs = [BATCH, cfg.num_classes, cfg.image_size, cfg.image_size]
+    probs = [BATCH, cfg.num_classes, *cfg.image_shape]
     return {
         "image_encoder": {"module": model.image_encoder, "inputs": {"image": image}, "outputs": {"z_i": condition}},
         "denoiser": {"module": model.denoiser, "inputs": {"z_t": latent, "z_i": condition, "t": [BATCH]},

@@ -214,7 +214,7 @@ def _check_types(path: Path, manifest: dict) -> None:
 
 def _check_shapes(path: Path, manifest: dict, files: dict[str, bytes]) -> None:
     """The configuration must describe the graphs: the image encoder's input is
-    (in_channels, image_size, image_size) and the denoiser's z_t the latent shape."""
+    (in_channels, *image_shape) and the denoiser's z_t the latent shape."""
     import onnx
 
     networks = [name for name in ("image_encoder", "denoiser") if name in manifest["networks"]]
@@ -226,7 +226,7 @@ def _check_shapes(path: Path, manifest: dict, files: dict[str, bytes]) -> None:
         raise BundleError(f"bundle {str(path)!r}: its config is not a valid configuration: {e}") from e
     # Per network: the input checked, and per config field the part of its shape that field fixes.
     checks = {"image_encoder": ("image", [("in_channels", [cfg.in_channels], slice(1, 2)),
-                                          ("image_size", [cfg.image_size] * 2, slice(2, 4))]),
+                                          ("image_size", list(cfg.image_shape), slice(2, None))]),
               "denoiser": ("z_t", [("latent_shape", list(cfg.latent_shape), slice(1, None))])}
     for name in networks:
         file = manifest["networks"][name]["file"]

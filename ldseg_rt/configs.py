@@ -108,6 +108,10 @@ class AmbiguousConfig:
     name: str
     image_size: int = 128
     in_channels: int = 1  # image channels (the U-Net sees in_channels + 1)
+    # (image - mean) / std per channel before the U-Net, as models imported from the original were
+    # trained (ImageNet's statistics); empty: the prepared image as it is.
+    image_mean: tuple[float, ...] = ()
+    image_std: tuple[float, ...] = ()
     # U-Net (the original's UNetModel; see ldseg_rt.models.ambiguous).
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 1, 2, 4)
@@ -132,6 +136,7 @@ class AmbiguousConfig:
     eta: float = 0.0  # DDIM's noise, when sampler == 'ddim'
     num_classes = 2  # background, foreground (mask = x_hat > 0)
     family = "ambiguous"
+    spatial_dims = 2
 
     def __post_init__(self):
         if len(self.num_res_blocks) != len(self.channel_mults):
@@ -150,6 +155,14 @@ class AmbiguousConfig:
             raise ConfigError(f"{self.name}: prediction must be 'eps', 'x' or 'v', got {self.prediction!r}")
         if not self.input_scale > 0:
             raise ConfigError(f"{self.name}: input_scale must be > 0, got {self.input_scale}")
+        if (self.image_mean or self.image_std) and not (
+                len(self.image_mean) == len(self.image_std) == self.in_channels and min(self.image_std) > 0):
+            raise ConfigError(f"{self.name}: image_mean and image_std need one value per image channel "
+                              f"({self.in_channels}), std > 0; got {self.image_mean}, {self.image_std}")
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return (self.image_size, self.image_size)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

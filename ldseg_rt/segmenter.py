@@ -168,7 +168,8 @@ class Segmenter:
             raise InvalidArgumentError(f"got {len(seeds)} seeds for {len(imgs)} images")
         seeds = [_check_seed(s) for s in seeds]
 
-        for size in filter(None, map(spatial_size, imgs)):  # before preprocessing copies the image
+        dims = self.config.spatial_dims
+        for size in filter(None, (spatial_size(img, dims) for img in imgs)):  # before preprocessing copies it
             self._check_memory(size, n, return_samples)
 
         clock = _Stopwatch()
@@ -210,22 +211,24 @@ class Segmenter:
                                        f"got {steps}")
         return steps
 
-    def _check_memory(self, size: tuple[int, int], n: int, return_samples: bool) -> None:
+    def _check_memory(self, size: tuple[int, ...], n: int, return_samples: bool) -> None:
         """Refuse, before any work, results that would not fit: per pixel at the input's
         resolution, n uint8 maps (if kept), the decoder chunk's resized probabilities, their
         sum and mean, the consensus and the uncertainty."""
         classes, chunk = self.config.num_classes, min(self.backend.decode_batch or n, n)
         per_pixel = (n if return_samples else 0) + 4 * classes * (chunk + 2) + chunk + 1 + 8
-        need = per_pixel * size[0] * size[1]
+        need = per_pixel * int(np.prod(size))
         if need > self.memory_limit:
             raise InvalidArgumentError(
-                f"a {size[0]}x{size[1]} image with n={n} needs about {need / 2 ** 30:.1f} GiB for its results, more "
+                f"a {'x'.join(map(str, size))} {'image' if len(size) == 2 else 'volume'} with n={n} needs about {need / 2 ** 30:.1f} GiB for its results, more "
                 f"than memory_limit ({self.memory_limit / 2 ** 30:.1f} GiB): pass return_samples=False to keep only "
                 "probs, mask and uncertainty, segment a smaller image, or raise Segmenter(memory_limit=...)")
 
-    @staticmethod
-    def _result(p: Prepared, aggregator: Aggregator, latents: np.ndarray, seed: int) -> SampleResult:
+    def _result(self, p: Prepared, aggregator: Aggregator, latents: np.ndarray, seed: int) -> SampleResult:
         outputs = aggregator.result()
+        if self.config.spatial_dims == 3:  # the networks' (Z, Y, X) back to the caller's (X, Y, Z)
+            outputs = tuple(None if o is None else o.permute(*range(o.dim() - 3), -1, -2, -3).contiguous()
+                            for o in outputs)
         if p.device is None:
             outputs = tuple(None if o is None else o.numpy() for o in outputs)
         else:

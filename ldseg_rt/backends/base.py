@@ -14,6 +14,11 @@ NETWORKS = ("image_encoder", "denoiser", "decoder")
 # and 0.45 s per sample at batch 1, 4 and 16, so a small batch costs nothing and keeps the
 # decoder's working set (0.5 GB per 32-channel 512x512 activation at batch 16) small.
 CPU_DECODE_BATCH = 4
+# A volume's decoder works on millions of voxels per sample (0.5 GB per 32-channel activation
+# of a 128x128x256 knee volume): fewer samples per call, so that a call stays within about
+# what CPU_DECODE_BATCH 512x512 images take on a CPU, and 16 of them on a GPU.
+CPU_DECODE_VOXELS = CPU_DECODE_BATCH * 512 * 512
+GPU_DECODE_VOXELS = 16 * 512 * 512
 
 
 class Backend:
@@ -34,8 +39,12 @@ class Backend:
 
     @property
     def decode_batch(self) -> int | None:
-        """How many samples `Segmenter` decodes per call: a few on a CPU, all n (None) on a GPU."""
-        return CPU_DECODE_BATCH if self.device.type == "cpu" else None
+        """How many samples `Segmenter` decodes per call: a few on a CPU, all n (None) on a GPU;
+        fewer for large volumes."""
+        voxels = int(np.prod(self.config.image_shape))
+        if self.device.type == "cpu":
+            return max(1, min(CPU_DECODE_BATCH, CPU_DECODE_VOXELS // voxels))
+        return None if voxels <= GPU_DECODE_VOXELS // 16 else max(1, GPU_DECODE_VOXELS // voxels)
 
     def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, plan: SamplingPlan) -> np.ndarray:
         """The plan's loop for len(seeds) images x n samples: the C++ sampler, calling the

@@ -20,7 +20,7 @@ def _flop_counter() -> "torch.utils.flop_counter.FlopCounterMode":
 def network_inputs(cfg, n: int, device="cpu") -> dict[str, tuple[torch.Tensor, ...]]:
     """Each inference network's inputs at the batch sample() calls it with for one image."""
     t = 0.5 * (cfg.timesteps if cfg.family == "ldseg" else 1.0)
-    return {"image_encoder": (torch.rand(1, cfg.in_channels, cfg.image_size, cfg.image_size, device=device),),
+    return {"image_encoder": (torch.rand(1, cfg.in_channels, *cfg.image_shape, device=device),),
             "denoiser": (torch.randn(n, *cfg.latent_shape, device=device),
                          torch.randn(n, *cfg.condition_shape, device=device), torch.full((n,), t, device=device)),
             "decoder": (torch.randn(n, *cfg.latent_shape, device=device),)}

@@ -21,6 +21,7 @@ from ..configs import get_config
 from ..diffusion.plan import sampling_plan
 from ..errors import BackendError
 from ..models import build_model
+from ..pipeline.preprocess import native_size
 from .baselines import eager_batched, eager_per_sample
 from .flops import flops_per_call
 from .machine import (MATMUL_SIZE, RSS_METHODS, PeakMemory, describe_machine, machine_info, matmul_gflops, rss_method,
@@ -46,8 +47,8 @@ class Workload:
         self.model = build_model(get_config(name), seed) if model is None else model.eval()
         self.config = self.model.config
         rng = np.random.default_rng(seed)
-        size, channels = self.config.image_size, self.config.in_channels
-        self.image = rng.random((size, size) if channels == 1 else (size, size, channels), dtype=np.float32)
+        size, channels = native_size(self.config), self.config.in_channels
+        self.image = rng.random(size if channels == 1 else (*size, channels), dtype=np.float32)
         self._folder, self._bundle, self._on = None, None, {}
         self.flops: dict[int, int] = {}
 

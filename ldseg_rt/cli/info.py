@@ -20,12 +20,12 @@ def describe_bundle(bundle) -> str:
     from ..backends import PRECISIONS, choose_backend, resolve_device
 
     m, cfg = bundle.manifest, bundle.manifest["config"]
-    diffusion, size = m["diffusion"], cfg["image_size"]
+    diffusion, size = m["diffusion"], "x".join(map(str, m["preprocessing"]["size"]))
     device = resolve_device("auto")
     backend = choose_backend(bundle, device)
     lines = [f"bundle {bundle.path} (format {m['format_version']}, family {m['family']}), "
              f"exported {m.get('created', '?')} from {m.get('source') or '?'}",
-             f"model: {cfg['name']} configuration, {size}x{size} input with {cfg['in_channels']} channel(s), "
+             f"model: {cfg['name']} configuration, {size} input with {cfg['in_channels']} channel(s), "
              f"{len(m['classes'])} classes: {', '.join(m['classes'])}",
              f"sampling: {_sampling(diffusion)}, {diffusion['prediction']} prediction, state "
              f"{'x'.join(str(d) for d in m['networks']['denoiser']['inputs']['z_t']['shape'][1:])}",

@@ -239,15 +239,27 @@ class MaskProbabilities(nn.Module):
         return torch.cat([1 - foreground, foreground], dim=1)
 
 
+class ImageNormalization(nn.Module):
+    """(image - mean) / std per channel. Constant buffers, not weights (not in the state dict)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return (image - self.mean) / self.std
+
+
 class AmbiguousModel(nn.Module):
     """The family's inference networks in the shape every backend runs: the image is its own
-    condition (image_encoder is the identity), the U-Net denoises the mask, the decoder
-    thresholds it."""
+    condition (image_encoder is the identity, or the configuration's normalisation), the U-Net
+    denoises the mask, the decoder thresholds it."""
 
     def __init__(self, cfg: AmbiguousConfig):
         super().__init__()
         self.config = cfg
-        self.image_encoder = nn.Identity()
+        self.image_encoder = ImageNormalization(cfg.image_mean, cfg.image_std) if cfg.image_mean else nn.Identity()
         self.denoiser = AmbiguousUNet(cfg)
         self.decoder = MaskProbabilities()
 

@@ -2,7 +2,8 @@
 
 Inference uses the image encoder E (image -> condition latent z_i), the denoiser D
 (eps from [z_t, z_i] and t) and the label decoder G (latent -> class probabilities); the
-label encoder (label map -> latent) is used only in training. All tensors are NCHW.
+label encoder (label map -> latent) is used only in training. The networks here are the 2-D ones
+(NCHW); LDSeg builds the 3-D ones of ldseg3d (NCDHW) for a volume configuration.
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import LDSegConfig
-from .layers import (KERAS_EPS, ConvBlock, ResConvBlock, ResidualBlock, SameConv2d, SameConvTranspose2d, SelfAttention,
-                     TimeEmbedding, batch_norm, dense, glorot_, group_norm)
+from .layers import (KERAS_EPS, ConvBlock, ResAttention, ResConvBlock, SameConv2d, SameConvTranspose2d, SelfAttention,
+                     TimeEmbedding, Upsample, batch_norm, dense, glorot_, group_norm)
+from .ldseg3d import Denoiser3D, ImageEncoder3D, LabelDecoder3D, LabelEncoder3D
 
 
 class ImageEncoder(nn.Module):
@@ -79,26 +81,6 @@ class LabelDecoder(nn.Module):
         return torch.softmax(self.logits(z), dim=1)
 
 
-class ResAttention(nn.Module):
-    """A denoiser residual block, followed by self-attention on levels that have it."""
-
-    def __init__(self, cin: int, cout: int, attention: bool, cfg: LDSegConfig):
-        super().__init__()
-        self.res = ResidualBlock(cin, cout, cfg.time_dim, cfg.norm_groups)
-        self.attention = (SelfAttention(cout, 1, cfg.norm_groups, residual_from_normalized=True)
-                          if attention else nn.Identity())
-
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        return self.attention(self.res(x, temb))
-
-
-class Upsample(nn.Sequential):
-    """Nearest-neighbour x2, then conv3."""
-
-    def __init__(self, channels: int):
-        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), SameConv2d(channels, channels, 3))
-
-
 class Denoiser(nn.Module):
     """U-Net on the latent: (z_t, z_i, t) -> predicted noise eps, shaped like z_t."""
 
@@ -160,16 +142,24 @@ class Denoiser(nn.Module):
         return self.out_conv(self.out_norm(x))
 
 
+NETWORKS = {  # per number of spatial dimensions: image encoder, label encoder, denoiser, label decoder
+    2: (ImageEncoder, LabelEncoder, Denoiser, LabelDecoder),
+    3: (ImageEncoder3D, LabelEncoder3D, Denoiser3D, LabelDecoder3D),
+}
+
+
 class LDSeg(nn.Module):
-    """The four LDSeg networks and their configuration."""
+    """The four LDSeg networks and their configuration: the 2-D ones for images, the 3-D ones
+    (ldseg3d) for volumes."""
 
     def __init__(self, cfg: LDSegConfig):
         super().__init__()
         self.config = cfg
-        self.image_encoder = ImageEncoder(cfg)
-        self.label_encoder = LabelEncoder(cfg)
-        self.denoiser = Denoiser(cfg)
-        self.decoder = LabelDecoder(cfg)
+        image_encoder, label_encoder, denoiser, decoder = NETWORKS[cfg.spatial_dims]
+        self.image_encoder = image_encoder(cfg)
+        self.label_encoder = label_encoder(cfg)
+        self.denoiser = denoiser(cfg)
+        self.decoder = decoder(cfg)
 
     @classmethod
     def from_config(cls, cfg: LDSegConfig, seed: int = 0) -> "LDSeg":

@@ -9,11 +9,14 @@ import torch
 import torch.nn.functional as F
 
 
-def resize_probs(probs: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    """Bilinear (antialiased when shrinking) resize of (n, C, h, w) probabilities; weights are
-    convex, so each pixel still sums to 1. size None: as they are."""
-    if size is None or tuple(probs.shape[-2:]) == tuple(size):
+def resize_probs(probs: torch.Tensor, size: tuple[int, ...] | None) -> torch.Tensor:
+    """Bilinear (antialiased when shrinking) resize of (n, C, h, w) probabilities, trilinear of
+    (n, C, d, h, w) ones (torch has no antialiasing in 3-D); weights are convex, so each pixel
+    still sums to 1. size None: as they are."""
+    if size is None or tuple(probs.shape[2:]) == tuple(size):
         return probs
+    if len(size) == 3:
+        return F.interpolate(probs, size=size, mode="trilinear", align_corners=False)
     return F.interpolate(probs, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -34,10 +37,11 @@ def class_argmax(probs: torch.Tensor, dim: int) -> torch.Tensor:
 class Aggregator:
     """Add chunks of (b, C, h, w) probabilities, then `result()`: samples (n, H, W) uint8,
     mean probabilities (C, H, W) float32, consensus (H, W) uint8 and uncertainty (H, W) in
-    [0, 1] (entropy / log C). Chunks are resized to `size` first (None: kept as they are).
+    [0, 1] (entropy / log C); volumes alike, with (D, H, W) for (H, W). Chunks are resized
+    to `size` first (None: kept as they are).
     keep_samples=False keeps no per-sample maps (samples is then None): memory independent of n."""
 
-    def __init__(self, size: tuple[int, int] | None = None, keep_samples: bool = True):
+    def __init__(self, size: tuple[int, ...] | None = None, keep_samples: bool = True):
         self.size = size
         self.keep_samples = keep_samples
         self._samples: list[torch.Tensor] = []

@@ -1,8 +1,11 @@
 """Image checks and preprocessing: whatever the caller hands in becomes the model's input
-(C, S, S) float32 in [0, 1], or a clear error naming what is wrong.
+(C, S, S) float32 in [0, 1] (for a 3-D model (C, D, H, W)), or a clear error naming what is wrong.
 
 numpy images are channels-last, (H, W) or (H, W, C); torch tensors are channels-first,
-(H, W) or (C, H, W). The result goes back in the caller's form (see `Prepared`).
+(H, W) or (C, H, W). Volumes for a 3-D model come in voxel order (X, Y, Z) as nibabel reads
+them, numpy (X, Y, Z[, C]), torch ([C, ]X, Y, Z); the networks see (D, H, W) = (Z, Y, X), the
+axis order of the official 3-D loader (SimpleITK's arrays). The result goes back in the
+caller's form and axis order (see `Prepared`).
 
 Intensities are scaled robustly: to [0, 1] between the 0.5th and 99.5th percentiles of the
 image (clipped outside), not between its minimum and maximum, so that a few extreme pixels
@@ -17,6 +20,9 @@ images the model was trained on, by the statistics training recorded) gets a war
 Models imported from the official LDSeg weights were trained on the official loader's inputs
 instead (mode OFFICIAL): nearest-neighbour resize as OpenCV's INTER_NEAREST does it, then
 min-max scaling of each image to [0, 1]; a bundle's manifest records which mode its model takes.
+Volumes are resampled to the networks' size by a linear zoom (scipy, order 1, edges repeated),
+as the official 3-D loader does, in both modes; their intensities are scaled over the whole
+volume (min-max in mode OFFICIAL).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from ..configs import OFFICIAL, ROBUST, LDSegConfig
 from ..errors import ImageTypeError, InvalidArgumentError, InvalidImageError
@@ -42,14 +49,16 @@ INTENSITY = (f"per image, to [0, 1] between its {WINDOW_PERCENTILES[0]}th and {W
 RESIZE = "bilinear, antialiased, to size; results resized back to the input's size"
 OFFICIAL_RESIZE = "nearest neighbour (OpenCV INTER_NEAREST), to size; results resized back to the input's size"
 OFFICIAL_INTENSITY = "per image, min-max to [0, 1] over all channels; an image without contrast is refused"
+ZOOM = ("volumes (X, Y, Z) to (D, H, W) = (Z, Y, X) order, then a linear zoom (scipy.ndimage.zoom order 1, "
+        "mode nearest) to size; results resampled back linearly to the input's size and axis order")
 _TORCH_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
                  torch.uint64)
 
 
 @dataclass(frozen=True)
 class Prepared:
-    pixels: np.ndarray  # (C, S, S) float32 in [0, 1]: the image encoder's input
-    size: tuple[int, int]  # the caller's (H, W), to which results are resized back
+    pixels: np.ndarray  # (C, S, S) or (C, D, H, W) float32 in [0, 1]: the image encoder's input
+    size: tuple[int, ...]  # the caller's (H, W), or a volume's (Z, Y, X): what results are resized back to
     device: torch.device | None  # the caller's torch device, None for numpy input
     warnings: list = field(default_factory=list)  # why the model may not read this image
 
@@ -66,35 +75,54 @@ def _native_numpy(img: np.ndarray) -> np.ndarray:
     return np.require(img, requirements=["C", "W"])  # copies read-only arrays
 
 
-def _as_channels_first(img) -> tuple[torch.Tensor, torch.device | None]:
+_FORMS = {(2, "numpy"): "image must be (H, W) or (H, W, C) (numpy is channels-last)",
+          (2, "torch"): "image must be (H, W) or (C, H, W) (torch is channels-first)",
+          (3, "numpy"): "a 3-D model takes a volume (X, Y, Z) or (X, Y, Z, C) (numpy is channels-last)",
+          (3, "torch"): "a 3-D model takes a volume (X, Y, Z) or (C, X, Y, Z) (torch is channels-first)"}
+
+
+def _as_channels_first(img, dims: int) -> tuple[torch.Tensor, torch.device | None]:
+    """(C, *spatial) as a CPU tensor, and the caller's torch device (None for numpy); dims: the
+    model's spatial dimensions."""
     if isinstance(img, np.ndarray):
-        if img.ndim not in (2, 3):
-            raise InvalidImageError(f"image must be (H, W) or (H, W, C) (numpy is channels-last), got shape {img.shape}")
-        if img.ndim == 3 and img.shape[0] <= 4 < min(img.shape[1:]):
-            raise InvalidImageError(f"image of shape {img.shape} looks channels-first; numpy images are channels-last "
-                                    f"(H, W, C): pass img.transpose(1, 2, 0)")
+        if img.ndim not in (dims, dims + 1):
+            raise InvalidImageError(f"{_FORMS[dims, 'numpy']}, got shape {img.shape}")
+        if img.ndim == dims + 1 and img.shape[0] <= 4 < min(img.shape[1:]):
+            order = ", ".join(map(str, [*range(1, dims + 1), 0]))
+            raise InvalidImageError(f"{_noun(dims)} of shape {img.shape} looks channels-first; numpy arrays are "
+                                    f"channels-last: pass img.transpose({order})")
         pixels = torch.from_numpy(_native_numpy(img))
-        return (pixels[None] if img.ndim == 2 else pixels.permute(2, 0, 1)), None
+        return (pixels[None] if img.ndim == dims else pixels.movedim(-1, 0)), None
     if isinstance(img, torch.Tensor):
         if img.dtype == torch.bool or img.is_complex() or not (img.is_floating_point() or img.dtype in _TORCH_DTYPES):
             raise ImageTypeError(f"image dtype {img.dtype} is not a real numeric type")
-        if img.dim() not in (2, 3):
-            raise InvalidImageError(f"image must be (H, W) or (C, H, W) (torch is channels-first), got shape {tuple(img.shape)}")
+        if img.dim() not in (dims, dims + 1):
+            raise InvalidImageError(f"{_FORMS[dims, 'torch']}, got shape {tuple(img.shape)}")
         pixels = img.detach().cpu()
         if pixels.dtype in (torch.uint16, torch.uint32, torch.uint64):  # few torch ops take these
             pixels = torch.from_numpy(pixels.numpy().astype(np.float64))
-        return (pixels[None] if img.dim() == 2 else pixels), img.device
+        return (pixels[None] if img.dim() == dims else pixels), img.device
     raise ImageTypeError(f"image must be a numpy array or a torch tensor, got {type(img).__name__}")
 
 
-def spatial_size(img) -> tuple[int, int] | None:
-    """(H, W) of an image in either of the forms `prepare` takes, read from its shape alone (no
-    copy), or None where the form is wrong (`prepare` then says why)."""
+def _noun(dims: int) -> str:
+    return "image" if dims == 2 else "volume"
+
+
+def native_size(cfg) -> tuple[int, ...]:
+    """The spatial size of an input the model takes without resampling: (H, W), or a volume's (X, Y, Z)."""
+    return cfg.image_shape if cfg.spatial_dims == 2 else cfg.image_shape[::-1]
+
+
+def spatial_size(img, dims: int = 2) -> tuple[int, ...] | None:
+    """The spatial size ((H, W), or a volume's (X, Y, Z)) of an image in either of the forms
+    `prepare` takes, read from its shape alone (no copy), or None where the form is wrong
+    (`prepare` then says why)."""
     shape = tuple(getattr(img, "shape", ()))
-    if isinstance(img, np.ndarray) and len(shape) in (2, 3):
-        return shape[0], shape[1]
-    if isinstance(img, torch.Tensor) and len(shape) in (2, 3):
-        return shape[-2], shape[-1]
+    if isinstance(img, np.ndarray) and len(shape) in (dims, dims + 1):
+        return shape[:dims]
+    if isinstance(img, torch.Tensor) and len(shape) in (dims, dims + 1):
+        return shape[-dims:]
     return None
 
 
@@ -123,17 +151,21 @@ def intensity_window(pixels: np.ndarray) -> tuple[float, float]:
 
 
 def _neighbour_correlation(scaled: np.ndarray) -> float:
-    """Mean correlation of horizontally and vertically adjacent pixels: about 0 for noise."""
-    centred = scaled - scaled.mean(axis=(1, 2), keepdims=True)
+    """Mean correlation of pixels adjacent along each spatial axis: about 0 for noise."""
+    axes = tuple(range(1, scaled.ndim))
+    centred = scaled - scaled.mean(axis=axes, keepdims=True)
     var = (centred ** 2).mean()
     if var == 0:
         return 1.0
-    pairs = (centred[:, 1:, :] * centred[:, :-1, :]).mean() + (centred[:, :, 1:] * centred[:, :, :-1]).mean()
-    return float(pairs / (2 * var))
+    def along(axis: int, part: slice) -> tuple:
+        return (slice(None),) * axis + (part,)
+    pairs = sum((centred[along(a, slice(1, None))] * centred[along(a, slice(None, -1))]).mean() for a in axes)
+    return float(pairs / (len(axes) * var))
 
 
 def image_statistics(pixels: np.ndarray) -> dict[str, float]:
-    """What a prepared image (C, S, S) in [0, 1] looks like, by the numbers training records."""
+    """What a prepared image (C, S, S) or volume (C, D, H, W) in [0, 1] looks like, by the numbers
+    training records."""
     return {"mean": float(pixels.mean()), "std": float(pixels.std()),
             "neighbour_correlation": _neighbour_correlation(pixels)}
 
@@ -170,27 +202,38 @@ def prepare(img, cfg: LDSegConfig, expected: dict | None = None, mode: str = ROB
     mode: ROBUST, or OFFICIAL for models imported from the official LDSeg weights."""
     if mode not in (ROBUST, OFFICIAL):
         raise InvalidArgumentError(f"unknown preprocessing mode {mode!r}; expected {ROBUST!r} or {OFFICIAL!r}")
-    pixels, device = _as_channels_first(img)
-    channels, h, w = pixels.shape
-    if h == 0 or w == 0:
-        raise InvalidImageError(f"image is empty: {h}x{w} pixels")
-    if h < 2 or w < 2:
-        raise InvalidImageError(f"image is too small to segment: {h}x{w} pixels (need at least 2x2)")
+    dims = cfg.spatial_dims
+    pixels, device = _as_channels_first(img, dims)
+    channels, size = pixels.shape[0], tuple(pixels.shape[1:])
+    shown = "x".join(map(str, size))
+    if min(size) == 0:
+        raise InvalidImageError(f"{_noun(dims)} is empty: {shown} {'pixels' if dims == 2 else 'voxels'}")
+    if min(size) < 2:
+        raise InvalidImageError(f"{_noun(dims)} is too small to segment: {shown} (need at least 2 along each axis)")
     if channels != cfg.in_channels:
-        raise InvalidImageError(f"model {cfg.name!r} expects {cfg.in_channels} channel(s), the image has {channels}")
+        raise InvalidImageError(f"model {cfg.name!r} expects {cfg.in_channels} channel(s), the {_noun(dims)} has "
+                                f"{channels}")
     pixels = pixels.double()
     bad = int((~torch.isfinite(pixels)).sum())
     if bad:
-        raise InvalidImageError(f"image contains NaN or Inf in {bad} of {pixels.numel()} values")
+        raise InvalidImageError(f"{_noun(dims)} contains NaN or Inf in {bad} of {pixels.numel()} values")
     largest = float(pixels.abs().max())
     if largest > 1e300:  # differences of such values overflow; a power of two rescales exactly
         pixels = pixels * 2.0 ** -np.ceil(np.log2(largest))
+    if dims == 3:
+        return _prepare_volume(pixels.permute(0, 3, 2, 1), cfg, device, expected, mode)
     if mode == OFFICIAL:
-        return _prepare_official(pixels, cfg, (h, w), device, expected)
-    if (h, w) != (cfg.image_size, cfg.image_size):
-        pixels = F.interpolate(pixels[None], size=(cfg.image_size, cfg.image_size), mode="bilinear",
-                               align_corners=False, antialias=True)[0]
-    values = pixels.numpy()
+        return _prepare_official(pixels, cfg, size, device, expected)
+    if size != cfg.image_shape:
+        pixels = F.interpolate(pixels[None], size=cfg.image_shape, mode="bilinear", align_corners=False,
+                               antialias=True)[0]
+    scaled, warnings = _robust_scale(pixels.numpy())
+    warnings += _structure_warnings(scaled, expected)
+    return Prepared(scaled.astype(np.float32), size, device, warnings)
+
+
+def _robust_scale(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Values scaled to [0, 1] over their robust intensity window, clipped outside."""
     lo, hi = intensity_window(values)
     scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
     warnings = []
@@ -198,8 +241,14 @@ def prepare(img, cfg: LDSegConfig, expected: dict | None = None, mode: str = ROB
     if outside > OUTSIDE_WINDOW_WARNING:
         warnings.append(f"{outside:.0%} of the pixels lie outside the image's intensity window "
                         f"[{lo:.4g}, {hi:.4g}]: the model may not read this image")
-    warnings += _structure_warnings(scaled, expected)
-    return Prepared(scaled.astype(np.float32), (h, w), device, warnings)
+    return scaled, warnings
+
+
+def _min_max_scale(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        raise InvalidImageError(f"image has no contrast: every pixel is {lo:g}; there is nothing to segment")
+    return (values - lo) / (hi - lo)
 
 
 def _structure_warnings(scaled: np.ndarray, expected: dict | None) -> list[str]:
@@ -216,9 +265,16 @@ def _prepare_official(pixels: torch.Tensor, cfg: LDSegConfig, size: tuple[int, i
                       expected: dict | None) -> Prepared:
     """The official LDSeg loader's preprocessing (utilities/dataLoader.py: cv2.resize INTER_NEAREST, then
     min-max over the whole image)."""
-    values = resize_nearest(pixels, cfg.image_size).numpy()
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        raise InvalidImageError(f"image has no contrast: every pixel is {lo:g}; there is nothing to segment")
-    scaled = (values - lo) / (hi - lo)
+    scaled = _min_max_scale(resize_nearest(pixels, cfg.image_size).numpy())
     return Prepared(scaled.astype(np.float32), size, device, _structure_warnings(scaled, expected))
+
+
+def _prepare_volume(voxels: torch.Tensor, cfg: LDSegConfig, device, expected: dict | None, mode: str) -> Prepared:
+    """A volume (C, D, H, W): intensities scaled over the whole volume, then zoomed linearly to the
+    networks' size, as the official 3-D loader does (utilities/dataLoader3D.py: min-max, then
+    scipy.ndimage.zoom order 1, mode nearest, on float32)."""
+    values = voxels.numpy()
+    scaled, warnings = (_min_max_scale(values), []) if mode == OFFICIAL else _robust_scale(values)
+    zoomed = np.stack([ndimage.zoom(channel.astype(np.float32), np.divide(cfg.image_shape, channel.shape), order=1,
+                                    mode="nearest") for channel in scaled])
+    return Prepared(zoomed, values.shape[1:], device, warnings + _structure_warnings(zoomed, expected))

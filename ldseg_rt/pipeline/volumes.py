@@ -1,5 +1,6 @@
 """Volumes through 2-D models: the slices along one axis go through `sample_batch` in batches
-of bounded size, and the per-slice results are stacked back onto the volume's grid.
+of bounded size, and the per-slice results are stacked back onto the volume's grid. A 3-D
+model sees the whole volume in one `sample` call instead.
 
 With a seed, slice k gets its own seed derived from (seed, k), so its result does not depend
 on which slices shared its batch, nor on the batch size. A slice without contrast (all voxels
@@ -27,7 +28,7 @@ class VolumeResult:
     uncertainty: np.ndarray  # (I, J, K) float32 normalised predictive entropy in [0, 1]
     samples: np.ndarray | None  # (n, I, J, K) uint8 sample volumes, on request
     volume: Volume  # the input, whose geometry (affine, DICOM sources) the results share
-    axis: int  # the voxel axis the slices were taken along
+    axis: int | None  # the voxel axis the slices were taken along; None: a 3-D model saw the whole volume
     seed: int  # the seed that reproduces this result
     timings: dict = field(default_factory=dict)  # ms per stage, summed over the batches
     warnings: list = field(default_factory=list)  # per-slice warnings, 'slice k: ...'
@@ -50,8 +51,17 @@ def segment_volume(segmenter, volume, n: int = 16, axis: int | None = None, seed
                    return_samples: bool = False, progress: bool = True) -> VolumeResult:
     """Segment a Volume (or a 3-D array, identity geometry) slice by slice along `axis` with a
     2-D model. The default axis is the one the model's training slices were cut along, where
-    it records one, else the through-plane axis (the one with the largest spacing)."""
+    it records one, else the through-plane axis (the one with the largest spacing). A 3-D model
+    segments the volume whole (axis and max_batch do not apply)."""
     volume = _as_volume(volume)
+    if segmenter.config.spatial_dims == 3:
+        if axis is not None:
+            raise InvalidArgumentError(f"model {segmenter.config.name!r} is 3-D: it segments the whole volume, "
+                                       f"not slices along axis {axis}")
+        _check_memory(segmenter, volume.array.shape, segmenter.config.num_classes, n, return_samples)
+        res = segmenter.sample(volume.array, n=n, steps=steps, seed=seed, eta=eta, return_samples=return_samples)
+        return VolumeResult(mask=res.mask, probs=res.probs, uncertainty=res.uncertainty, samples=res.samples,
+                            volume=volume, axis=None, seed=res.seed, timings=res.timings, warnings=res.warnings)
     if axis is None:
         axis = segmenter.slice_axis if segmenter.slice_axis is not None else volume.through_plane_axis()
     if isinstance(axis, bool) or axis not in (0, 1, 2):
@@ -100,6 +110,6 @@ def _check_memory(segmenter, shape, classes: int, n: int, return_samples: bool) 
     need = per_voxel * int(np.prod(shape))
     if need > segmenter.memory_limit:
         raise InvalidArgumentError(
-            f"a volume of {shape[0]} slices of {shape[1]}x{shape[2]} needs about {need / 2 ** 30:.1f} GiB for its "
+            f"a volume of {'x'.join(map(str, shape))} voxels needs about {need / 2 ** 30:.1f} GiB for its "
             f"results (n={n}{', with samples' if return_samples else ''}), more than memory_limit "
             f"({segmenter.memory_limit / 2 ** 30:.1f} GiB): leave out the samples or raise Segmenter(memory_limit=...)")

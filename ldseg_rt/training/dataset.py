@@ -1,5 +1,6 @@
 """Training examples at the model's input size: (image (C, S, S) float32 in [0, 1],
-label (S, S) uint8), or for the pixel-space family (image, annotations (M, S, S) uint8).
+label (S, S) uint8), for a 3-D model (volume (C, D, H, W), label (D, H, W)), or for the
+pixel-space family (image, annotations (M, S, S) uint8).
 Images go through the same `prepare` as at inference, so a model sees in training exactly
 what the Segmenter will hand it."""
 from __future__ import annotations
@@ -9,9 +10,11 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from ..configs import LDSegConfig
 from ..data.ambiguous import TRAIN_SEEDS, AmbiguousDataset
+from ..data.phantom_volumes import make_phantom_volume
 from ..data.phantoms import NUM_CLASSES, make_phantom
 from ..errors import DatasetError
 from ..io.images import read_image, read_label
@@ -31,9 +34,23 @@ def resize_label(label: np.ndarray, size: int) -> np.ndarray:
     return resized[0, 0].numpy().astype(np.uint8)
 
 
+def zoom_label(label: np.ndarray, cfg: LDSegConfig) -> np.ndarray:
+    """A label volume (X, Y, Z) -> the networks' (D, H, W) = (Z, Y, X), as the official 3-D loader
+    resamples labels: each class's mask zoomed linearly and rounded, higher classes over lower ones."""
+    classes = np.transpose(label.astype(np.int64))
+    factors = np.divide(cfg.image_shape, classes.shape)
+    out = np.zeros(cfg.image_shape, np.uint8)
+    for c in range(1, cfg.num_classes):
+        out[ndimage.zoom((classes == c).astype(np.int64), factors, order=1, mode="nearest") > 0] = c
+    return out
+
+
 def example(image: np.ndarray, label: np.ndarray, cfg: LDSegConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One training pair at the model's size, from an image (or a 3-D model's volume) and its class map."""
     if label.max(initial=0) >= cfg.num_classes:
         raise DatasetError(f"label has class {int(label.max())}, model {cfg.name!r} has {cfg.num_classes} classes")
+    if cfg.spatial_dims == 3:
+        return prepare(image, cfg).pixels, zoom_label(label, cfg)
     return prepare(image, cfg).pixels, resize_label(label, cfg.image_size)
 
 
@@ -49,7 +66,10 @@ class SyntheticData:
         return self.count
 
     def __getitem__(self, i: int):
-        image, label = make_phantom(self.cfg.image_size, i, self.cfg.in_channels)
+        if self.cfg.spatial_dims == 3:  # phantoms at the networks' size, in (X, Y, Z) order
+            image, label = make_phantom_volume(self.cfg.image_shape[::-1], i)
+        else:
+            image, label = make_phantom(self.cfg.image_size, i, self.cfg.in_channels)
         return example(image, label, self.cfg)
 
 
@@ -86,6 +106,18 @@ def volume_data(cfg: LDSegConfig, pairs, axis: int) -> VolumeSlices:
     return VolumeSlices(data, axis % 3)
 
 
+def whole_volume_data(cfg: LDSegConfig, pairs) -> list:
+    """(volume, label volume) file pairs for a 3-D model, each read, prepared and held in memory."""
+    data = []
+    for image_path, label_path in pairs:
+        volume, label = read_volume(image_path)[0], read_volume(label_path)[0]
+        if volume.shape != label.shape:
+            raise DatasetError(f"{image_path.name} {volume.shape} and {label_path.name} {label.shape} differ in shape")
+        data.append(example(volume, np.rint(label).astype(np.int64), cfg))
+        log.info("%s: prepared as %s", image_path.name, "x".join(map(str, cfg.image_shape)))
+    return data
+
+
 class AmbiguousSyntheticData:
     """Synthetic ambiguous lesions (ldseg_rt.data.ambiguous) from its training seeds, each
     image with its fixed annotations; the trainer picks one per step."""
@@ -113,6 +145,9 @@ def build_dataset(cfg, data: str, label_dir=None, axis: int = 2):
     if label_dir is None:
         raise DatasetError("a folder of images needs --labels, the folder of matching label maps")
     pairs = find_pairs(data, label_dir)
-    if any(image.name.endswith(NIFTI_SUFFIXES) for image, _ in pairs):
-        return volume_data(cfg, pairs, axis)
-    return folder_data(cfg, pairs)
+    volumes = any(image.name.endswith(NIFTI_SUFFIXES) for image, _ in pairs)
+    if cfg.spatial_dims == 3:
+        if not volumes:
+            raise DatasetError(f"model {cfg.name!r} is 3-D: it trains on NIfTI volumes, and {data} holds none")
+        return whole_volume_data(cfg, pairs)
+    return volume_data(cfg, pairs, axis) if volumes else folder_data(cfg, pairs)

@@ -22,9 +22,9 @@ from .pixel_loss import pixel_loss, sample_t, training_target
 
 
 def segmentation_terms(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """LDSeg's segmentation terms of (B, C, H, W) probabilities against (B, H, W) class ids:
-    cross-entropy (probabilities clipped as Keras does) and the soft Dice over the batch."""
-    onehot = F.one_hot(labels, probs.shape[1]).permute(0, 3, 1, 2).float()
+    """LDSeg's segmentation terms of (B, C, H, W) probabilities against (B, H, W) class ids (or
+    volumes alike): cross-entropy (probabilities clipped as Keras does) and the soft Dice over the batch."""
+    onehot = F.one_hot(labels, probs.shape[1]).movedim(-1, 1).float()
     ce = -(onehot * probs.clamp(1e-7, 1.0).log()).sum(1).mean()
     dice = 2 * (onehot * probs).sum() / (onehot.sum() + probs.sum() + 1e-6)
     return ce, dice
@@ -36,7 +36,7 @@ def ldseg_losses(model: LDSeg, images, labels, t, eps) -> dict:
     z_l = model.label_encoder(labels[:, None].float())
     z_i = model.image_encoder(images)
     ab = torch.as_tensor(cosine_alpha_bar(t.cpu().numpy(), cfg.timesteps, cfg.cosine_s),
-                         dtype=torch.float32, device=images.device)[:, None, None, None]
+                         dtype=torch.float32, device=images.device).view(-1, *[1] * (z_l.dim() - 1))
     z_t = ab.sqrt() * z_l + (1 - ab).sqrt() * eps
     eps_hat = model.denoiser(z_t, z_i, t.float())
     ce, dice = segmentation_terms(model.decoder(z_t - eps_hat), labels)

@@ -160,7 +160,7 @@ def check_step(rng, shape, prediction, row, clip, renormalize, out_dtype=torch.f
     assert rel_err(ds.diffusion_step_reference(*args).cpu().numpy(), ref) <= TOL, label
 
 
-@pytest.mark.parametrize("shape", [(3, 1, 5, 7), (3, 1, 16, 16), (3, 3, 17, 9)])
+@pytest.mark.parametrize("shape", [(3, 1, 5, 7), (3, 1, 16, 16), (3, 3, 17, 9), (3, 1, 8, 8, 16), (2, 1, 3, 5, 7)])
 @pytest.mark.parametrize("prediction", diffusion.PREDICTIONS)
 def test_step_matches_oracle(rng, shape, prediction):
     for row in ROWS.values():
