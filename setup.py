@@ -29,5 +29,6 @@ setup(
     install_requires=["numpy", "torch", "tqdm", "pillow", "nibabel", "pydicom", "highdicom", "scipy", "matplotlib",
                       "onnx", "onnxruntime", "safetensors", "h5py"],
     extras_require={"tensorrt": ["tensorrt"], "gpu": ["triton"],
-                    "serve": ["fastapi", "uvicorn", "pynetdicom", "prometheus-client"]},
+                    "serve": ["fastapi", "uvicorn", "pynetdicom", "prometheus-client"],
+                    "ray": ["ray[data]>=2.52"]},  # segment --ray (ldseg_rt.distributed)
 )
