@@ -1,5 +1,6 @@
 """Shared test helpers."""
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,3 +55,27 @@ def builtin_bundle(tmp_path_factory):
     from ldseg_rt.export import export_bundle
     return export_bundle(load_model("builtin:phantom"), tmp_path_factory.mktemp("bundles") / "phantom.ldseg",
                          source="builtin:phantom", progress=False)
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory) -> Path:
+    """The Ray batch tests' study list (tests/distributed): three volumes and a PNG, four cases."""
+    from distributed_cases import write_cases  # on the path once a test in tests/distributed asks for this
+    return write_cases(tmp_path_factory.mktemp("study") / "cases", volumes=3)
+
+
+@pytest.fixture(scope="session")
+def reference(study, tmp_path_factory) -> Path:
+    """The plain single-process `python -m ldseg_rt segment` run of the study, with the same
+    flags (and torch's thread count of this process, which the Ray actors take too). Its
+    OpenMP threads wait passively: on a machine shared with other work, spinning ones make it
+    many times slower, and the wait policy changes no result."""
+    import subprocess
+    import sys
+
+    from distributed_cases import FLAGS, MODEL
+    out = tmp_path_factory.mktemp("reference") / "out"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    subprocess.run([sys.executable, "-m", "ldseg_rt", "segment", str(study), "-m", MODEL, "-o", str(out), *FLAGS],
+                   env=env, check=True, capture_output=True, timeout=600)
+    return out
