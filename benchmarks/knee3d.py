@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ldseg_rt import Segmenter
-from ldseg_rt.bench.machine import describe_machine
+from ldseg_rt.bench.machine import describe_machine, machine_info
 from ldseg_rt.configs import get_config
 from ldseg_rt.export import export_bundle
 from ldseg_rt.export.keras_weights import keras_files, load_keras_model
@@ -43,7 +43,7 @@ def main():
     parser.add_argument("--backends", default="onnxruntime,torch")
     parser.add_argument("--train-steps", type=int, default=2, help="timed training steps at batch 1 (after one)")
     args = parser.parse_args()
-    print(describe_machine())
+    print(describe_machine(machine_info(torch.device("cpu"))))
     volume = np.asarray(nib.load(SHARED / "ldseg-demo" / "Knee" / "Image" / f"Case{args.case}.nii.gz").dataobj)
     work = Path(tempfile.mkdtemp(prefix="ldseg_rt-knee3d-"))
     try:

@@ -13,6 +13,7 @@ import torch
 from ..errors import ExportError
 from .chunked_attention import with_chunked_attention
 from .cropped_conv_transpose import with_cropped_conv_transposes
+from .staged_group_norm import with_staged_group_norms
 
 OPSET = 18
 BATCH = "batch"
@@ -52,16 +53,17 @@ def random_inputs(inputs: dict[str, list], batch: int, rng: np.random.Generator,
 def to_onnx(module: torch.nn.Module, inputs: dict[str, list], outputs: dict[str, list],
             t_max: float) -> bytes:
     """Trace the module at batch 2 and return the ONNX graph, batch axis dynamic, checked;
-    attention goes in by blocks of queries and transposed convolutions without a crop (the
-    modules in this folder say why)."""
-    module = with_cropped_conv_transposes(with_chunked_attention(module))
+    attention goes in by blocks of queries, transposed convolutions without a crop and large
+    GroupNorms with staged statistics (the modules in this folder say why)."""
     example = random_inputs(inputs, 2, np.random.default_rng(0), t_max)
+    tensors = tuple(torch.from_numpy(a) for a in example.values())
+    module = with_staged_group_norms(with_cropped_conv_transposes(with_chunked_attention(module)), tensors)
     buffer = io.BytesIO()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the dynamo one, which takes ten
         # times as long for the same graph here; its warnings are about that, not our graph.
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), tuple(torch.from_numpy(a) for a in example.values()), buffer,
+        torch.onnx.export(module.eval(), tensors, buffer,
                           input_names=list(inputs), output_names=list(outputs), opset_version=OPSET,
                           dynamic_axes={name: {0: BATCH} for name in [*inputs, *outputs]}, dynamo=False)
     graph = buffer.getvalue()
