@@ -234,11 +234,13 @@ def load_network(net: nn.Module, path, network: str, cfg) -> None:
             state[key].copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
 
-def load_keras_model(directory, config: str = "glas512", seed: int = 0):
+def load_keras_model(directory, config: str = "glas512", seed: int = 0, optional=OPTIONAL):
     """An LDSeg model of `config` with the official weights in `directory` (imageEncoder.hdf5,
-    labelDecoder.hdf5, denoiser.hdf5; labelEncoder.hdf5 if present, else the label encoder keeps
-    its random initialisation, as it is training-only). A 3-D configuration (knee3d) reads the 3-D
-    files: imageEncoder3D.hdf5, labelDecoder3D.hdf5, denoiser3D.hdf5 and labelEncoder3D.hdf5."""
+    labelDecoder.hdf5, denoiser.hdf5, labelEncoder.hdf5); a network in `optional` whose file is
+    absent keeps its random initialisation (by default the label encoder, which sampling never
+    uses; to train a denoiser for the published networks, the denoiser). A 3-D configuration
+    (knee3d) reads the 3-D files: imageEncoder3D.hdf5, labelDecoder3D.hdf5, denoiser3D.hdf5 and
+    labelEncoder3D.hdf5."""
     cfg = get_config(config)
     if cfg.family != "ldseg":
         raise ModelLoadError(f"the official Keras weights are LDSeg networks; configuration {config!r} is "
@@ -248,7 +250,7 @@ def load_keras_model(directory, config: str = "glas512", seed: int = 0):
         raise ModelLoadError(f"{directory}: no such folder of official Keras weights")
     model = build_model(cfg, seed)
     for network, file in keras_files(cfg).items():
-        if network in OPTIONAL and not (directory / file).exists():
+        if network in optional and not (directory / file).exists():
             continue
         load_network(getattr(model, network), directory / file, network, cfg)
     model.preprocessing = OFFICIAL  # the exporter records it: sampling must prepare images as the official loader

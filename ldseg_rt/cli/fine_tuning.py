@@ -9,13 +9,15 @@ from ..io.atomic import check_writable
 
 
 def _run(args) -> None:
+    from ..configs import ROBUST
     from ..models.checkpoint import load_model, save_inference_checkpoint
     from ..training.dataset import build_dataset
 
     check_writable(args.out)
     settings = args.settings_type(**{name: getattr(args, name) for name in asdict(args.settings_type())})
     model = load_model(args.model)
-    dataset = build_dataset(model.config, args.data, args.labels, args.axis)
+    dataset = build_dataset(model.config, args.data, args.labels, args.axis,
+                            getattr(model, "preprocessing", ROBUST))
     print(f"wrote {save_inference_checkpoint(args.fine_tune(model, dataset, settings, args.out), args.out)}")
 
 

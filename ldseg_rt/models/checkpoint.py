@@ -25,13 +25,15 @@ TRAINING_ONLY = "label_encoder."  # weights sampling never uses
 
 
 def save_checkpoint(model: nn.Module, path, **extra) -> Path:
-    """Write the model, the statistics of its training images and the axis its training slices
-    were cut along (where recorded) and `extra` entries (tensors, numbers, strings) atomically."""
+    """Write the model, the statistics of its training images, the axis its training slices were
+    cut along (where recorded), how its images are prepared, and `extra` entries (tensors, numbers,
+    strings) atomically."""
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, "family": model.config.family,
                "config": model.config.to_dict(), "state_dict": model.state_dict(),
                "input_statistics": getattr(model, "input_statistics", None),
-               "slice_axis": getattr(model, "slice_axis", None), **extra}
+               "slice_axis": getattr(model, "slice_axis", None),
+               "preprocessing": getattr(model, "preprocessing", ROBUST), **extra}
     with replacing(path) as tmp, open(tmp, "xb") as f:
         torch.save(payload, f)
     return path
@@ -85,6 +87,7 @@ def load_checkpoint(path) -> nn.Module:
     model = _with_weights(payload.get("config"), payload.get("family", "ldseg"), payload.get("state_dict"), str(path))
     model.input_statistics = payload.get("input_statistics")
     model.slice_axis = payload.get("slice_axis")
+    model.preprocessing = payload.get("preprocessing", ROBUST)  # checkpoints written before modes existed
     return model
 
 

@@ -11,11 +11,15 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
 
 
+# The flips of augmentation, as in the original: none, vertical, horizontal, both.
+FLIPS = ((), (-2,), (-1,), (-2, -1))
+
+
 def _flip(x: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
-    """Per-sample flips as in the original: 0 none, 1 vertical, 2 horizontal, 3 both."""
+    """Per-sample flips: sample i gets FLIPS[kinds[i]]."""
     out = x.clone()
     for i, kind in enumerate(kinds.tolist()):
-        dims = {0: (), 1: (-2,), 2: (-1,), 3: (-2, -1)}[kind]
+        dims = FLIPS[kind]
         if dims:
             out[i] = x[i].flip(dims)
     return out
@@ -26,6 +30,6 @@ def draw_batch(dataset, batch_size: int, gen: torch.Generator, augment: bool = T
     index = torch.randint(len(dataset), (batch_size,), generator=gen).tolist()
     images, labels = (torch.from_numpy(np.stack(a)) for a in zip(*(dataset[i] for i in index)))
     if augment:
-        kinds = torch.randint(4, (batch_size,), generator=gen)
+        kinds = torch.randint(len(FLIPS), (batch_size,), generator=gen)
         images, labels = _flip(images, kinds), _flip(labels, kinds)
     return images, labels

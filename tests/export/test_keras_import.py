@@ -10,12 +10,15 @@ from PIL import Image
 
 from ldseg_rt import Segmenter
 from ldseg_rt.bundle import load_bundle
+from ldseg_rt.cli import main as cli_main
 from ldseg_rt.configs import get_config
 from ldseg_rt.errors import ModelLoadError
 from ldseg_rt.export.__main__ import main as export_main
 from ldseg_rt.export.keras_weights import FILES, load_keras_model, load_network
 from ldseg_rt.models import build_model
+from ldseg_rt.models.checkpoint import load_checkpoint, read_checkpoint
 from ldseg_rt.pipeline.preprocess import OFFICIAL, prepare
+from ldseg_rt.training.dataset import build_dataset
 
 OFFICIAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ldseg-official"
 REFERENCE = OFFICIAL_DATA / "reference"
@@ -88,6 +91,49 @@ def test_official_preprocessing_reproduces_official_loader():
     for case, want in zip((1, 3), np.load(REFERENCE / "glas_image.npy")):  # the README's cases
         image = np.asarray(Image.open(DEMO / "Image" / f"Case{case}.bmp"))
         np.testing.assert_array_equal(prepare(image, cfg, mode=OFFICIAL).pixels.transpose(1, 2, 0), want)
+
+
+def glas_case(folder: Path, case: int) -> None:
+    """GlaS case `case` as a training pair in `folder`/img and `folder`/lab, its label binarised as LDSeg does."""
+    for sub in ("img", "lab"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    (folder / "img" / f"Case{case}.bmp").symlink_to(DEMO / "Image" / f"Case{case}.bmp")
+    label = np.asarray(Image.open(DEMO / "Label" / f"Case{case}_label.bmp")) > 0
+    Image.fromarray(label.astype(np.uint8)).save(folder / "lab" / f"Case{case}_label.png")
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason=f"LDSeg demo images not found at {DEMO}")
+def test_training_examples_in_official_mode_are_the_official_loaders(tmp_path):
+    for case in (1, 3):
+        glas_case(tmp_path, case)
+    data = build_dataset(get_config("glas512"), str(tmp_path / "img"), str(tmp_path / "lab"), mode=OFFICIAL)
+    for (image, label), want_image, want_label in zip(data, np.load(REFERENCE / "glas_image.npy"),
+                                                      np.load(REFERENCE / "glas_label.npy")):
+        np.testing.assert_array_equal(image.transpose(1, 2, 0), want_image)
+        np.testing.assert_array_equal(label, want_label)
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason=f"LDSeg demo images not found at {DEMO}")
+def test_cli_trains_a_denoiser_for_the_published_networks(tmp_path, weights_dir, capsys):
+    official = tmp_path / "official"  # what the authors published: no denoiser
+    official.mkdir()
+    for network, file in FILES.items():
+        if network != "denoiser":
+            (official / file).symlink_to(weights_dir / file)
+    glas_case(tmp_path, 1)
+    out = tmp_path / "run.pt"
+    cli_main(["train", "--config", "glas512", "--from-keras", str(official), "--denoiser-only", "--data",
+              str(tmp_path / "img"), "--labels", str(tmp_path / "lab"), "--steps", "2", "--batch-size", "2",
+              "--no-augment", "--out", str(out), "--device", "cpu"])
+    payload = read_checkpoint(out)
+    assert payload["preprocessing"] == OFFICIAL and payload["training"]["settings"]["denoiser_only"]
+    trained, published = load_checkpoint(out), load_keras_model(weights_dir, "glas512")
+    for network in ("image_encoder", "label_encoder", "decoder"):  # frozen, as published
+        ours, theirs = getattr(trained, network).state_dict(), getattr(published, network).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), network
+    start = build_model(get_config("glas512"), seed=0).denoiser.state_dict()  # --seed 0 initialises it
+    assert not all(torch.equal(v, start[k]) for k, v in trained.denoiser.state_dict().items())
+    assert Segmenter(str(out)).preprocessing == OFFICIAL
 
 
 def test_missing_file_is_refused(tmp_path, weights_dir):

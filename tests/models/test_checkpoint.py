@@ -1,4 +1,5 @@
 """Model files: round trip, and clear errors for missing, corrupt and future files."""
+import copy
 import os
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from ldseg_rt import Segmenter
+from ldseg_rt.configs import OFFICIAL, ROBUST
 from ldseg_rt.errors import ModelLoadError
 from ldseg_rt.models.checkpoint import load_checkpoint, load_model, save_checkpoint
 
@@ -21,6 +23,14 @@ def test_round_trip_gives_identical_samples(small_model, tmp_path, rng):
     b = Segmenter(str(path)).sample(img, n=2, steps=3, seed=9)
     assert np.array_equal(a.latents, b.latents) and np.array_equal(a.samples, b.samples)
     assert load_checkpoint(path).config == small_model.config
+
+
+def test_preprocessing_mode_is_kept(small_model, tmp_path):
+    assert load_checkpoint(save_checkpoint(small_model, tmp_path / "ours.pt")).preprocessing == ROBUST
+    official = copy.deepcopy(small_model)
+    official.preprocessing = OFFICIAL  # as an imported official model has it
+    path = save_checkpoint(official, tmp_path / "official.pt")
+    assert load_checkpoint(path).preprocessing == Segmenter(str(path)).preprocessing == OFFICIAL
 
 
 def test_missing_corrupt_and_future_files(small_model, tmp_path):
