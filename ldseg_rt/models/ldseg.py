@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import LDSegConfig
-from .layers import (KERAS_EPS, ConvBlock, ResAttention, ResConvBlock, SameConv2d, SameConvTranspose2d, SelfAttention,
+from .label_networks import LabelDecoding, LabelEncoding
+from .layers import (ConvBlock, ResAttention, ResConvBlock, SameConv2d, SameConvTranspose2d, SelfAttention,
                      TimeEmbedding, Upsample, batch_norm, dense, glorot_, group_norm)
 from .ldseg3d import Denoiser3D, ImageEncoder3D, LabelDecoder3D, LabelEncoder3D
 
@@ -41,44 +42,28 @@ class ImageEncoder(nn.Module):
         return self.norm(F.silu(self.latent_attention(h)))
 
 
-class LabelEncoder(nn.Module):
+class LabelEncoder(LabelEncoding):
     """Label map (B, 1, S, S), class ids as floats -> label latent z_l, layer-normalised."""
 
     def __init__(self, cfg: LDSegConfig):
-        super().__init__()
         blocks, channels = [], 1
         for i, width in enumerate(cfg.label_encoder_widths):
             if i:
                 blocks.append(nn.MaxPool2d(2))
             blocks.append(ResConvBlock(channels, width, cfg.dropout))
             channels = width
-        self.blocks = nn.Sequential(*blocks)
-        self.to_latent = SameConv2d(channels, cfg.latent_channels, 1)
-        # Keras LayerNormalization(axis=(1, 2, 3)): statistics and affine over C, H, W.
-        self.norm = nn.LayerNorm(cfg.latent_shape, eps=KERAS_EPS)
-
-    def forward(self, label: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.to_latent(self.blocks(label)))
+        super().__init__(cfg.latent_shape, nn.Sequential(*blocks), SameConv2d(channels, cfg.latent_channels, 1))
 
 
-class LabelDecoder(nn.Module):
+class LabelDecoder(LabelDecoding):
     """Latent (B, latent_channels, s, s) -> class probabilities (B, num_classes, S, S)."""
 
     def __init__(self, cfg: LDSegConfig):
-        super().__init__()
         stages, channels = [], cfg.latent_channels
         for width in cfg.decoder_widths:
             stages += [SameConvTranspose2d(channels, width), ResConvBlock(width, width, cfg.dropout)]
             channels = width
-        self.stages = nn.Sequential(*stages)
-        self.to_classes = SameConv2d(channels, cfg.num_classes, 1)
-        self.norm = batch_norm(cfg.num_classes)
-
-    def logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.to_classes(F.silu(self.stages(z))))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(z), dim=1)
+        super().__init__(nn.Sequential(*stages), SameConv2d(channels, cfg.num_classes, 1), batch_norm(cfg.num_classes))
 
 
 class Denoiser(nn.Module):

@@ -11,12 +11,12 @@ Initialisers are the official ones, its kernel_init(0) included (KERAS_MIN_SCALE
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..configs import LDSegConfig
-from .layers import (KERAS_EPS, KERAS_MIN_SCALE, ConvBlock, ResAttention, ResConvBlock, SelfAttention, TimeEmbedding,
-                     Upsample, batch_norm, dense, glorot_, group_norm, same_conv)
+from .label_networks import LabelDecoding, LabelEncoding
+from .layers import (KERAS_MIN_SCALE, ConvBlock, ResAttention, ResConvBlock, SelfAttention, TimeEmbedding, Upsample,
+                     batch_norm, dense, glorot_, group_norm, same_conv)
 
 DIMS = 3
 
@@ -45,44 +45,31 @@ class ImageEncoder3D(nn.Module):
         return self.norm(self.to_latent(self.blocks(self.stem(image))))
 
 
-class LabelEncoder3D(nn.Module):
+class LabelEncoder3D(LabelEncoding):
     """Label volume (B, 1, D, H, W), class ids as floats -> label latent z_l, layer-normalised."""
 
     def __init__(self, cfg: LDSegConfig):
-        super().__init__()
         blocks, channels = [], 1
         for i, width in enumerate(cfg.label_encoder_widths):
             if i:  # DownSample: stride-2 conv3 at the width of the block before it
                 blocks.append(same_conv(channels, channels, 3, stride=2, dims=DIMS))
             blocks.append(ResConvBlock(channels, width, cfg.dropout, DIMS))
             channels = width
-        self.blocks = nn.Sequential(*blocks)
-        self.to_latent = same_conv(channels, cfg.latent_channels, 2, dims=DIMS)  # kernel 2, 'same': pads (0, 1)
-        # Keras LayerNormalization(axis=(1, 2, 3, 4)): statistics and per-element affine over C, D, H, W.
-        self.norm = nn.LayerNorm(cfg.latent_shape, eps=KERAS_EPS)
-
-    def forward(self, label: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.to_latent(self.blocks(label)))
+        # kernel 2, 'same': pads (0, 1); then LayerNormalization(axis=(1, 2, 3, 4)) over C, D, H, W
+        super().__init__(cfg.latent_shape, nn.Sequential(*blocks),
+                         same_conv(channels, cfg.latent_channels, 2, dims=DIMS))
 
 
-class LabelDecoder3D(nn.Module):
+class LabelDecoder3D(LabelDecoding):
     """Latent (B, latent_channels, d, h, w) -> class probabilities (B, num_classes, D, H, W)."""
 
     def __init__(self, cfg: LDSegConfig):
-        super().__init__()
         stages, channels = [], cfg.latent_channels
         for width in cfg.decoder_widths:
             stages += [Upsample(channels, width, DIMS), ResConvBlock(width, width, cfg.dropout, DIMS)]
             channels = width
-        self.stages = nn.Sequential(*stages)
-        self.to_classes = same_conv(channels, cfg.num_classes, 1, dims=DIMS)
-        self.norm = batch_norm(cfg.num_classes, DIMS)
-
-    def logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.to_classes(F.silu(self.stages(z))))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(z), dim=1)
+        super().__init__(nn.Sequential(*stages), same_conv(channels, cfg.num_classes, 1, dims=DIMS),
+                         batch_norm(cfg.num_classes, DIMS))
 
 
 class Denoiser3D(nn.Module):
