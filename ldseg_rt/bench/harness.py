@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backends import BACKENDS, PRECISIONS, resolve_device, tensorrt_available
-from ..backends.precision import check_precision
+from ..backends import BACKENDS, PRECISIONS, openvino_available, resolve_device, tensorrt_available
+from ..backends.precision import check_precision, cpu_has_bf16
 from ..configs import get_config
 from ..diffusion.plan import sampling_plan
 from ..errors import BackendError
@@ -93,6 +93,13 @@ def plan_backends(device: torch.device, backends=None) -> tuple[list[tuple[str, 
                 import onnxruntime
                 on_gpu = device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
                 runnable.append((backend, precision, device if on_gpu else torch.device("cpu")))
+            elif backend == "openvino":
+                if not openvino_available():
+                    skipped.append(f"{what}: the openvino package is not installed (pip install 'ldseg_rt[openvino]')")
+                elif precision == "bf16" and not cpu_has_bf16():
+                    skipped.append(f"{what}: this CPU has neither AVX-512 bf16 nor AMX")
+                else:
+                    runnable.append((backend, precision, torch.device("cpu")))
             elif device.type != "cuda":
                 skipped.append(f"{what}: needs an NVIDIA GPU")
             elif not tensorrt_available():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ldseg_rt import Segmenter
-from ldseg_rt.backends import choose_backend
+from ldseg_rt.backends import choose_backend, openvino_available
 from ldseg_rt.data.phantoms import make_phantom
 from ldseg_rt.errors import BackendError, BundleError
 
@@ -54,10 +54,11 @@ def test_seeded_runs_are_bit_identical(pair, rng):
 
 def test_auto_and_the_choice_is_visible(builtin_bundle, small_model):
     cpu = torch.device("cpu")
-    assert choose_backend(builtin_bundle, cpu) == "onnxruntime"
+    fastest = "openvino" if openvino_available() else "onnxruntime"  # fp32 either way
+    assert choose_backend(builtin_bundle, cpu) == fastest
     assert choose_backend(small_model, cpu) == "torch"
     on_cpu = Segmenter(builtin_bundle.path, device="cpu")
-    assert (on_cpu.backend_name, on_cpu.precision) == ("onnxruntime", "fp32")
+    assert (on_cpu.backend_name, on_cpu.precision) == (fastest, "fp32")
     assert Segmenter("builtin:phantom", device="cpu").backend_name == "torch"
     gpu = torch.device("cuda")
     assert choose_backend(small_model, gpu) == "torch"

@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 
+from ldseg_rt.backends import openvino_available
 from ldseg_rt.cli import main
 from ldseg_rt.io.images import read_image
 from ldseg_rt.models.checkpoint import builtin_names, save_checkpoint
@@ -35,7 +36,8 @@ def test_info_describes_a_bundle(builtin_bundle, capsys):
     assert "denoiser" in printed and "z_t ['batch', 1, 16, 16]" in printed
     assert "files: 4, sha256 verified" in printed
     if not torch.cuda.is_available():
-        assert "backend='auto' runs it with onnxruntime (fp32) on cpu" in printed
+        engine = "openvino" if openvino_available() else "onnxruntime"
+        assert f"backend='auto' runs it with {engine} (fp32) on cpu" in printed
 
 
 def test_info_refuses_a_corrupt_bundle(builtin_bundle, tmp_path, capsys):
