@@ -18,7 +18,7 @@ from ldseg_rt.errors import BackendError
 from ldseg_rt.export import export_bundle
 from ldseg_rt.models import build_model
 
-pytest.importorskip("openvino")
+openvino = pytest.importorskip("openvino")
 
 
 def relative_gap(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,6 +63,13 @@ def test_each_network_of_a_random_model_matches_onnxruntime(name, tmp_path, rng)
             outputs = [(ov.denoise(x, images, t), ort.denoise(x, images, t))]
         for ours, theirs in outputs:
             assert relative_gap(ours, theirs) < 1e-5
+
+
+def test_fp32_is_asked_for_explicitly_and_threads_are_not_pinned(builtin_pair):
+    compiled = builtin_pair[0].backend.compiled("decoder", ((2, 1, 16, 16),))
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == torch.get_num_threads()
 
 
 def test_each_shape_is_compiled_once(builtin_pair):
