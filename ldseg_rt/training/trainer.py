@@ -69,6 +69,11 @@ class Trainer:
         state = payload.get("training")
         if state is None:
             raise ModelLoadError(f"{path} holds inference weights only (no training state); it cannot be resumed")
+        was_denoiser_only = state["settings"].get("denoiser_only", False)
+        if settings is not None and settings.denoiser_only != was_denoiser_only:
+            trained = "the denoiser alone" if was_denoiser_only else "all networks"
+            raise InvalidArgumentError(f"{path} is a run that trained {trained}; resume it with denoiser_only="
+                                       f"{was_denoiser_only} (its optimiser holds the state of those weights only)")
         trainer = cls(config_from_dict(payload["config"], payload.get("family", "ldseg")),
                       settings or TrainSettings(**state["settings"]), device)
         trainer.model.load_state_dict(payload["state_dict"])

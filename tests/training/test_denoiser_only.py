@@ -93,6 +93,14 @@ def test_resume_continues_exactly(tmp_path):
             assert torch.equal(value, b.state_dict()[key]), key
 
 
+def test_a_run_resumes_only_as_what_it_trained(tmp_path):
+    run = tmp_path / "run.pt"
+    Trainer(CFG, TrainSettings(steps=1, batch_size=2, denoiser_only=True), "cpu", model=model(CFG, 2)).fit(
+        examples(CFG, 2, 5), run, progress=False)
+    with pytest.raises(InvalidArgumentError, match="denoiser_only=True"):
+        Trainer.resume(run, TrainSettings(steps=2, batch_size=2), "cpu")
+
+
 def test_refused_for_the_pixel_space_family():
     with pytest.raises(InvalidArgumentError, match="denoiser_only"):
         Trainer(get_config("amb_small"), TrainSettings(denoiser_only=True), "cpu")
