@@ -67,15 +67,13 @@ def study(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def reference(study, tmp_path_factory) -> Path:
     """The plain single-process `python -m ldseg_rt segment` run of the study, with the same
-    flags (and torch's thread count of this process, which the Ray actors take too). Its
-    OpenMP threads wait passively: on a machine shared with other work, spinning ones make it
-    many times slower, and the wait policy changes no result."""
+    flags (and torch's thread count of this process, which the Ray actors take too)."""
     import subprocess
     import sys
 
     from distributed_cases import FLAGS, MODEL
     out = tmp_path_factory.mktemp("reference") / "out"
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     subprocess.run([sys.executable, "-m", "ldseg_rt", "segment", str(study), "-m", MODEL, "-o", str(out), *FLAGS],
                    env=env, check=True, capture_output=True, timeout=600)
     return out

@@ -7,8 +7,8 @@ and says what it is: `name`, `precision`, `device`, `config`.
 What each runs: torch, any model (a bundle's weights, a checkpoint, a model in memory);
 onnxruntime, openvino and tensorrt, a bundle's ONNX graphs. "auto" picks tensorrt when a CUDA
 GPU and TensorRT are present and the engine is a bundle, else torch on the GPU; on a CPU, a
-bundle runs on openvino where it is installed (fp32: 1.3x onnxruntime on glas512 at n=16, AVX2
-and AVX-512 alike), else onnxruntime, and anything else on torch (it has no graphs to run).
+bundle runs on openvino where it is installed (fp32, same samples; glas512 at n=16 on a 2-core
+AVX2 CPU: 1.3x onnxruntime), else onnxruntime, and anything else on torch (it has no graphs to run).
 """
 from __future__ import annotations
 
