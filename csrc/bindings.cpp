@@ -79,8 +79,10 @@ void copy_model_output(const py::object& result, const std::vector<py::ssize_t>&
 py::array_t<float> sample(const py::function& denoise, const py::object& seeds, int64_t n,
                           const std::vector<int64_t>& latent_shape,
                           const py::array_t<double, py::array::c_style | py::array::forcecast>& table,
-                          const std::string& prediction, double clip, bool renormalize, int threads) {
+                          const std::string& prediction, double clip, bool renormalize, int threads,
+                          int64_t first_sample) {
   if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
+  if (first_sample < 0) throw py::value_error("first_sample must be >= 0, got " + std::to_string(first_sample));
   // (C, H, W) for images, (C, D, H, W) for volumes: the loop itself sees only the element count.
   if (latent_shape.empty() || std::any_of(latent_shape.begin(), latent_shape.end(), [](int64_t d) { return d < 1; }))
     throw py::value_error("latent_shape must be positive ints, e.g. (C, H, W) or (C, D, H, W), got " +
@@ -94,6 +96,7 @@ py::array_t<float> sample(const py::function& denoise, const py::object& seeds, 
   SamplerConfig cfg;
   cfg.seeds = to_seeds(seeds);
   cfg.n = static_cast<std::size_t>(n);
+  cfg.first_sample = static_cast<uint64_t>(first_sample);
   cfg.numel = static_cast<std::size_t>(numel);
   cfg.steps = to_steps(table);
   cfg.prediction = parse_prediction(prediction);
@@ -152,11 +155,13 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("sample", &sample, py::arg("denoise"), py::arg("seeds"), py::arg("n"), py::arg("latent_shape"),
         py::arg("table"), py::arg("prediction"), py::arg("clip"), py::arg("renormalize"), py::arg("threads"),
+        py::arg("first_sample") = 0,
         R"doc(Samples n latents per seed; returns float32 (len(seeds)*n, C, H, W).
 
 denoise(z, t) is called once per step with the whole batch: z float32 (B, C, H, W),
 t float32 (B,); it must return an array convertible to float32 of shape (B, C, H, W).
-Row b is sample b % n of image b // n, with noise keyed by (seeds[b // n], b % n).
+Row b is sample k = first_sample + b % n of image b // n, with noise keyed by
+(seeds[b // n], k): a draw split into chunks of samples gives the samples of one call.
 table is float64 (S, 7): [t_model, a_t, s_t, c_x0, c_eps, c_z, sigma] per step, run in
 order. prediction is 'eps', 'x' or 'v'; clip <= 0 disables clamping x0; renormalize
 rescales each row to zero mean, unit variance after every update; threads = 0 uses

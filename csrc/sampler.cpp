@@ -25,6 +25,9 @@ void validate(const SamplerConfig& cfg) {
   if (cfg.seeds.empty()) throw std::invalid_argument("seeds must not be empty");
   if (cfg.n < 1 || cfg.n > kMaxCounterWord)
     throw std::invalid_argument("n must be in [1, 2^32], got " + std::to_string(cfg.n));
+  if (cfg.first_sample > kMaxCounterWord - cfg.n)
+    throw std::invalid_argument("sample indices must stay below 2^32, got first_sample " +
+                                std::to_string(cfg.first_sample) + " with n " + std::to_string(cfg.n));
   if (cfg.numel < 1 || cfg.numel > kMaxNumel)
     throw std::invalid_argument("a latent must have between 1 and 2^34 elements, got " +
                                 std::to_string(cfg.numel));
@@ -51,7 +54,7 @@ struct RowId {
 };
 
 RowId row_id(const SamplerConfig& cfg, std::size_t row) {
-  return {cfg.seeds[row / cfg.n], static_cast<uint32_t>(row % cfg.n)};
+  return {cfg.seeds[row / cfg.n], static_cast<uint32_t>(cfg.first_sample + row % cfg.n)};
 }
 
 // Runs fn(row) for every row, splitting the rows into contiguous chunks, one per

@@ -27,8 +27,9 @@ struct Step {
 };
 
 struct SamplerConfig {
-  std::vector<uint64_t> seeds;  // one per image; batch row b is sample b % n of image b / n
+  std::vector<uint64_t> seeds;  // one per image; batch row b is sample first_sample + b % n of image b / n
   std::size_t n = 1;            // samples per image
+  uint64_t first_sample = 0;    // index of each image's first sample: later chunks of one draw start there
   std::size_t numel = 0;        // elements of one latent (C*H*W, row-major)
   std::vector<Step> steps;
   Prediction prediction = Prediction::Eps;

@@ -6,10 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
+from ..backends import BF16_MIN_AGREEMENT
 from ..bundle import SUFFIX
 from ..cli import run_command
 from ..errors import BundleError, InvalidArgumentError
 from ..io.atomic import check_writable
+from ..io.cases import find_cases, read_case
+from ..io.volume import Volume
 from ..models.checkpoint import load_model
 from .ambdiffseg_weights import load_ambdiffseg_model
 from .exporter import CHECK_BATCHES, TOLERANCE, export_bundle
@@ -43,6 +48,13 @@ def main(argv=None) -> None:
     parser.add_argument("--classes", help="comma-separated class names, background first")
     parser.add_argument("--check-batches", type=_batches, default=CHECK_BATCHES,
                         help="batch sizes at which each graph is compared with PyTorch (default 1,16,32)")
+    parser.add_argument("--bf16-agreement", type=int, metavar="K",
+                        help="measure how often a bf16 run's consensus agrees with fp32's on K random images "
+                             "(and the --examples) and record it: precision='auto' runs bf16 only where it is at "
+                             f"least {BF16_MIN_AGREEMENT:.1%}; 0 skips (default: 4 for image models, 0 for volume "
+                             "models, whose runs take minutes each)")
+    parser.add_argument("--examples", nargs="+", metavar="CASE", default=[],
+                        help="images (volumes) the model is meant for, measured too (files, folders, DICOM series)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle")
     args = parser.parse_args(argv)
     run_command(_run, args)
@@ -68,15 +80,29 @@ def _run(args) -> None:
         model = load_ambdiffseg_model(args.from_ambdiffseg)
     else:
         model = load_model(engine)
+    random_images = args.bf16_agreement
+    if random_images is None:
+        random_images = 4 if model.config.spatial_dims == 2 else 0
+    if random_images < 0:
+        raise InvalidArgumentError(f"--bf16-agreement must be >= 0, got {random_images}")
+    examples = [_pixels(read_case(case)) for case in find_cases(args.examples)]
     print(f"exporting {engine} ({model.config.name} configuration) to {out}")
     bundle = export_bundle(model, out, args.classes.split(",") if args.classes else None, source=str(engine),
-                           check_batches=args.check_batches, overwrite=args.force)
+                           check_batches=args.check_batches, overwrite=args.force, bf16_images=random_images,
+                           examples=examples)
     print(f"wrote {bundle.path}:")
     for name in bundle.manifest["files"]:
         print(f"  {name:<28}{len(bundle.read(name)) / 1e6:8.2f} MB")
     for name, net in bundle.manifest["networks"].items():
         errors = ", ".join(f"batch {b} {e:.1e}" for b, e in net["max_relative_error"].items())
         print(f"  {name}: onnxruntime vs torch, max relative error {errors} (tolerance {TOLERANCE:.0e})")
+    bf16 = bundle.manifest.get("precision", {}).get("bf16")
+    print(f"  bf16: consensus agrees with fp32 on {bf16['agreement']:.4%} of pixels ({bf16['method']})" if bf16 else
+          "  bf16: agreement not measured (--bf16-agreement K): precision='auto' runs it in fp32")
+
+
+def _pixels(case) -> np.ndarray:
+    return case.array if isinstance(case, Volume) else case
 
 
 if __name__ == "__main__":

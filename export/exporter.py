@@ -2,7 +2,9 @@
 inference network."""
 from __future__ import annotations
 
+import tempfile
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import safetensors.torch
@@ -13,6 +15,7 @@ from ..configs import OFFICIAL, ROBUST
 from ..errors import ExportError, InvalidArgumentError
 from ..models.checkpoint import TRAINING_ONLY
 from ..pipeline.preprocess import INTENSITY, OFFICIAL_INTENSITY, OFFICIAL_RESIZE, RESIZE, ZOOM
+from . import bf16_agreement
 from .onnx_graphs import BATCH, OPSET, network_io, relative_error, to_onnx
 
 CHECK_BATCHES = (1, 16, 32)
@@ -26,10 +29,13 @@ def default_class_names(num_classes: int) -> list[str]:
 
 def export_bundle(model, out, class_names: list[str] | None = None, source: str = "",
                   check_batches=CHECK_BATCHES, tolerance: float = TOLERANCE, overwrite: bool = False,
-                  seed: int | None = None, progress: bool = True) -> Bundle:
+                  seed: int | None = None, progress: bool = True, bf16_images: int = 0, examples=(),
+                  bf16_n: int = 16) -> Bundle:
     """Export, compare every graph with PyTorch on fresh random inputs at each check batch,
     and only then write the bundle, atomically; a graph off by more than `tolerance` raises
-    ExportError and writes nothing."""
+    ExportError and writes nothing. bf16_images > 0 (or `examples`, images the model is meant
+    for) also measures how often a bf16 run's consensus agrees with fp32's at n=bf16_n, on that
+    many random images and the examples, and records it (export/bf16_agreement.py)."""
     cfg = model.config
     class_names = list(class_names or default_class_names(cfg.num_classes))
     if len(class_names) != cfg.num_classes:
@@ -66,6 +72,11 @@ def export_bundle(model, out, class_names: list[str] | None = None, source: str 
                                                 getattr(model, "slice_axis", None),
                                                 getattr(model, "preprocessing", ROBUST)),
                 "diffusion": _diffusion(cfg), "networks": networks, "versions": package_versions()}
+    if bf16_images or examples:
+        with tempfile.TemporaryDirectory(prefix="ldseg_rt-") as folder:  # a bundle OpenVINO can run
+            draft = write_bundle(Path(folder) / "draft.ldseg", manifest, files)
+            manifest["precision"] = {"bf16": bf16_agreement.measure(model, draft.path, list(examples), bf16_images,
+                                                                    bf16_n, seed, progress)}
     return write_bundle(out, manifest, files, overwrite=overwrite)
 
 

@@ -17,7 +17,7 @@ import torch
 from .backends import NEEDS_BUNDLE, create_backend
 from .bundle import DIGEST, SUFFIX, Bundle, is_bundle, load_bundle
 from .configs import get_config
-from .diffusion.plan import sampling_plan
+from .diffusion.plan import SamplingPlan, sampling_plan
 from .errors import InvalidArgumentError
 from .models import build_model
 from .models.checkpoint import BUILTIN_DIR, load_model
@@ -28,6 +28,8 @@ from .pipeline.volumes import DEFAULT_MAX_BATCH, VolumeResult, segment_volume
 SEED_LIMIT = 2 ** 64
 MAX_STEPS = 1000  # both families' schedules are defined on at most 1000 distinct times
 DEFAULT_MEMORY_LIMIT = 8 * 2 ** 30  # bytes of results one sample() call may build; Segmenter(memory_limit=...)
+# sample(n="auto"): samples drawn per round, the fewest drawn, and the defaults of max_n and tolerance.
+AUTO_CHUNK, AUTO_MIN_N, AUTO_MAX_N, AUTO_TOLERANCE = 4, 8, 32, 0.005
 
 
 @dataclass
@@ -39,6 +41,7 @@ class SampleResult:
     uncertainty: object  # (H, W) float32 in [0, 1], normalised predictive entropy
     latents: np.ndarray  # (n, c, h, w) float32 final latents, before the decoder
     seed: int  # the seed that reproduces these samples
+    n: int  # how many samples were drawn (n="auto" decides it)
     timings: dict = field(default_factory=dict)  # ms per stage (of the whole batched pass)
     warnings: list = field(default_factory=list)  # why this result may not be trustworthy, in words
 
@@ -143,11 +146,22 @@ class Segmenter:
     def precision(self) -> str:
         return self.backend.precision
 
-    def sample(self, img, n: int = 16, steps: int | None = None, seed: int | None = None,
-               eta: float | None = None, return_samples: bool = True) -> SampleResult:
+    def sample(self, img, n: int | str = 16, steps: int | None = None, seed: int | None = None,
+               eta: float | None = None, return_samples: bool = True, max_n: int = AUTO_MAX_N,
+               tolerance: float = AUTO_TOLERANCE) -> SampleResult:
         """n segmentations of one image; with a seed, sample k is reproducible whatever n.
         return_samples=False keeps only probs, mask and uncertainty (samples is None), so the
-        memory of the result does not grow with n."""
+        memory of the result does not grow with n.
+
+        n="auto" draws samples AUTO_CHUNK at a time, up to max_n, and stops once the result has
+        settled: after a chunk (from the AUTO_MIN_N-th sample on) that changed the consensus on at
+        most `tolerance` of the pixels and moved the uncertainty map by at most `tolerance` on
+        average. result.n says how many were drawn; with a seed they are the first result.n
+        samples of any n, and a draw that reaches max_n unsettled says so in result.warnings."""
+        if isinstance(n, str):
+            if n != "auto":
+                raise InvalidArgumentError(f"n must be a positive integer or 'auto', got {n!r}")
+            return self._sample_until_settled(img, max_n, tolerance, steps, seed, eta, return_samples)
         return self.sample_batch([img], n, steps, seed, eta, return_samples)[0]
 
     def sample_batch(self, imgs, n: int = 16, steps: int | None = None, seed=None,
@@ -155,10 +169,7 @@ class Segmenter:
         """n segmentations of each image in one batched pass. seed: one int used for every
         image (so an image's result does not depend on its batch), or one per image."""
         n = _check_positive_int(n, "n")
-        steps = self._check_steps(self.config.steps if steps is None else steps)
-        eta = self.config.eta if eta is None else eta
-        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:
-            raise InvalidArgumentError(f"eta must be a number in [0, 1] (0: deterministic DDIM), got {eta!r}")
+        plan = self._plan(steps, eta)
         imgs = list(imgs)
         if not imgs:
             raise InvalidArgumentError("sample_batch needs at least one image")
@@ -167,33 +178,88 @@ class Segmenter:
         if len(seeds) != len(imgs):
             raise InvalidArgumentError(f"got {len(seeds)} seeds for {len(imgs)} images")
         seeds = [_check_seed(s) for s in seeds]
-
-        dims = self.config.spatial_dims
-        for size in filter(None, (spatial_size(img, dims) for img in imgs)):  # before preprocessing copies it
-            self._check_memory(size, n, return_samples)
+        self._check_sizes(imgs, n, return_samples)
 
         clock = _Stopwatch()
         total = time.perf_counter()
-        with clock.stage("preprocess"):
-            prepared = [prepare(img, self.config, self.input_statistics, self.preprocessing) for img in imgs]
-        with clock.stage("encode"):
-            z_i = self.backend.encode(np.stack([p.pixels for p in prepared]))
+        prepared, z_i = self._encode(imgs, clock)
         with clock.stage("sample"):
-            latents = self.backend.sample_latents(z_i, seeds, n, sampling_plan(self.config, steps, float(eta)))
-        results, chunk = [], self.backend.decode_batch or n
+            latents = self.backend.sample_latents(z_i, seeds, n, plan)
+        results = []
         for i, (p, s) in enumerate(zip(prepared, seeds)):
             own, aggregator = latents[i * n:(i + 1) * n], Aggregator(p.size, return_samples)
-            for start in range(0, n, chunk):
-                with clock.stage("decode"):
-                    probs = self.backend.decode(own[start:start + chunk])
-                with clock.stage("postprocess"):
-                    aggregator.add(torch.from_numpy(probs))
+            self._decode(own, aggregator, clock)
             with clock.stage("postprocess"):
                 results.append(self._result(p, aggregator, own, s))
         clock.ms["total"] = (time.perf_counter() - total) * 1e3
         for r in results:
             r.timings = dict(clock.ms)
         return results
+
+    def _sample_until_settled(self, img, max_n, tolerance, steps, seed, eta, return_samples) -> SampleResult:
+        max_n = _check_positive_int(max_n, "max_n")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not 0 <= tolerance < 1:
+            raise InvalidArgumentError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
+        plan, seed = self._plan(steps, eta), _check_seed(seed)
+        self._check_sizes([img], max_n, return_samples)
+
+        clock = _Stopwatch()
+        total = time.perf_counter()
+        (p,), z_i = self._encode([img], clock)
+        aggregator, chunks, previous = Aggregator(p.size, return_samples), [], None
+        settled = changed = moved = None
+        for first in range(0, max_n, AUTO_CHUNK):
+            with clock.stage("sample"):
+                chunks.append(self.backend.sample_latents(z_i, [seed], min(AUTO_CHUNK, max_n - first), plan,
+                                                          first_sample=first))
+            self._decode(chunks[-1], aggregator, clock)
+            with clock.stage("postprocess"):
+                _, _, mask, uncertainty = aggregator.result()
+                if previous is not None and first + len(chunks[-1]) >= AUTO_MIN_N:
+                    changed = (mask != previous[0]).float().mean().item()
+                    moved = (uncertainty - previous[1]).abs().mean().item()
+                    settled = changed <= tolerance and moved <= tolerance
+                previous = (mask, uncertainty)
+            if settled:
+                break
+        with clock.stage("postprocess"):
+            result = self._result(p, aggregator, np.concatenate(chunks), seed)
+        if settled is False:  # compared, and never settled
+            result.warnings.append(f"n='auto' drew max_n={max_n} samples before the result settled (the last "
+                                   f"{len(chunks[-1])} changed the consensus on {changed:.2%} of the pixels and the "
+                                   f"uncertainty by {moved:.4f} on average; tolerance {tolerance}): raise max_n "
+                                   "or the tolerance")
+        clock.ms["total"] = (time.perf_counter() - total) * 1e3
+        result.timings = dict(clock.ms)
+        return result
+
+    def _plan(self, steps, eta) -> SamplingPlan:
+        """The sampling plan for these steps and eta (None: the model's), after checking them."""
+        steps = self._check_steps(self.config.steps if steps is None else steps)
+        eta = self.config.eta if eta is None else eta
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:
+            raise InvalidArgumentError(f"eta must be a number in [0, 1] (0: deterministic DDIM), got {eta!r}")
+        return sampling_plan(self.config, steps, float(eta))
+
+    def _check_sizes(self, imgs, n: int, return_samples: bool) -> None:
+        dims = self.config.spatial_dims
+        for size in filter(None, (spatial_size(img, dims) for img in imgs)):  # before preprocessing copies it
+            self._check_memory(size, n, return_samples)
+
+    def _encode(self, imgs, clock: _Stopwatch):
+        with clock.stage("preprocess"):
+            prepared = [prepare(img, self.config, self.input_statistics, self.preprocessing) for img in imgs]
+        with clock.stage("encode"):
+            return prepared, self.backend.encode(np.stack([p.pixels for p in prepared]))
+
+    def _decode(self, latents: np.ndarray, aggregator: Aggregator, clock: _Stopwatch) -> None:
+        """One image's latents through the decoder, a backend's decode batch at a time, into its aggregator."""
+        chunk = self.backend.decode_batch or len(latents)
+        for start in range(0, len(latents), chunk):
+            with clock.stage("decode"):
+                probs = self.backend.decode(latents[start:start + chunk])
+            with clock.stage("postprocess"):
+                aggregator.add(torch.from_numpy(probs))
 
     def segment_volume(self, volume, n: int = 16, axis: int | None = None, seed: int | None = None,
                        steps: int | None = None, eta: float | None = None, max_batch: int = DEFAULT_MAX_BATCH,
@@ -233,4 +299,4 @@ class Segmenter:
             outputs = tuple(None if o is None else o.numpy() for o in outputs)
         else:
             outputs = tuple(None if o is None else o.to(p.device) for o in outputs)
-        return SampleResult(*outputs, latents=latents, seed=seed, warnings=list(p.warnings))
+        return SampleResult(*outputs, latents=latents, seed=seed, n=len(latents), warnings=list(p.warnings))

@@ -7,8 +7,13 @@ and says what it is: `name`, `precision`, `device`, `config`.
 What each runs: torch, any model (a bundle's weights, a checkpoint, a model in memory);
 onnxruntime, openvino and tensorrt, a bundle's ONNX graphs. "auto" picks tensorrt when a CUDA
 GPU and TensorRT are present and the engine is a bundle, else torch on the GPU; on a CPU, a
-bundle runs on openvino where it is installed (fp32, same samples; glas512 at n=16 on a 2-core
-AVX2 CPU: 1.3x onnxruntime), else onnxruntime, and anything else on torch (it has no graphs to run).
+bundle runs on openvino where it is installed (glas512 at n=16 on a 2-core AVX2 CPU: 1.3x
+onnxruntime, same samples), else onnxruntime, and anything else on torch (it has no graphs to run).
+
+precision="auto" is the backend's first precision, except that openvino runs a bundle in bf16 where
+the CPU multiplies bf16 (AVX-512 bf16 or AMX) and the bundle records, from its export, that a bf16
+run's consensus agreed with fp32's on at least BF16_MIN_AGREEMENT of the pixels; a bundle that
+records nothing runs in fp32. Ask for "fp32" to get fp32 whatever the machine.
 """
 from __future__ import annotations
 
@@ -18,11 +23,13 @@ import torch
 
 from ..bundle import Bundle
 from ..errors import BackendError, DeviceError
+from .precision import cpu_has_bf16
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16"),
               "tensorrt": ("fp16", "fp32")}  # first: auto
 NEEDS_BUNDLE = ("onnxruntime", "openvino", "tensorrt")
+BF16_MIN_AGREEMENT = 0.999  # of the consensus' pixels, for precision="auto" to choose bf16
 
 
 def resolve_device(device) -> torch.device:
@@ -59,6 +66,20 @@ def choose_backend(source, device: torch.device) -> str:
     return "openvino" if openvino_available() else "onnxruntime"
 
 
+def recorded_bf16_agreement(bundle: Bundle) -> float | None:
+    """The consensus agreement of bf16 with fp32 the bundle's export measured (None: not measured)."""
+    return bundle.manifest.get("precision", {}).get("bf16", {}).get("agreement")
+
+
+def choose_precision(name: str, source, device: torch.device) -> str:
+    """The precision "auto" means for this backend, engine and device."""
+    if name == "openvino" and device.type == "cpu" and isinstance(source, Bundle) and cpu_has_bf16():
+        agreement = recorded_bf16_agreement(source)
+        if agreement is not None and agreement >= BF16_MIN_AGREEMENT:
+            return "bf16"
+    return PRECISIONS[name][0]
+
+
 def create_backend(name: str, source, device="auto", precision: str = "auto", **options):
     """Build the named backend for `source`, a model of either family or a loaded Bundle. options go to
     the backend (torch: kernels, cuda_graphs)."""
@@ -67,7 +88,7 @@ def create_backend(name: str, source, device="auto", precision: str = "auto", **
     device = resolve_device(device)
     name = choose_backend(source, device) if name == "auto" else name
     if precision == "auto":
-        precision = PRECISIONS[name][0]
+        precision = choose_precision(name, source, device)
     if precision not in PRECISIONS[name]:
         raise BackendError(f"precision {precision!r} is not available with backend {name!r}; "
                            f"available: {', '.join(('auto',) + PRECISIONS[name])}")

@@ -47,11 +47,13 @@ class Backend:
             return max(1, min(CPU_DECODE_BATCH, CPU_DECODE_VOXELS // voxels))
         return None if voxels <= GPU_DECODE_VOXELS // 16 else max(1, GPU_DECODE_VOXELS // voxels)
 
-    def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, plan: SamplingPlan) -> np.ndarray:
-        """The plan's loop for len(seeds) images x n samples: the C++ sampler, calling the
-        denoiser once per step on the whole batch."""
+    def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, plan: SamplingPlan,
+                       first_sample: int = 0) -> np.ndarray:
+        """The plan's loop for len(seeds) images x n samples (samples first_sample .. first_sample + n - 1
+        of each): the C++ sampler, calling the denoiser once per step on the whole batch."""
         condition = np.repeat(z_i, n, axis=0)  # each image's condition for its n samples
         # The step math on as many threads as the networks use, not on every core of the machine:
         # the thread setting (and the process's CPU affinity, which torch follows) is the user's.
         return sample_latents(lambda z_t, t: self.denoise(z_t, condition, t), seeds, n, plan.latent_shape,
-                              plan.table, plan.prediction, plan.clip, plan.renormalize, torch.get_num_threads())
+                              plan.table, plan.prediction, plan.clip, plan.renormalize, torch.get_num_threads(),
+                              first_sample)

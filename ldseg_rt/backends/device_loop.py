@@ -30,12 +30,14 @@ class DeviceLoop:
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self._graphs: dict[tuple, tuple] = {}
 
-    def __call__(self, z_i: np.ndarray, seeds: list[int], n: int, plan: SamplingPlan) -> np.ndarray:
-        """Latents (len(seeds) * n, *plan.latent_shape), image-major, like the C++ sampler's."""
+    def __call__(self, z_i: np.ndarray, seeds: list[int], n: int, plan: SamplingPlan,
+                 first_sample: int = 0) -> np.ndarray:
+        """Latents (len(seeds) * n, *plan.latent_shape), image-major, samples first_sample ..
+        first_sample + n - 1 of each image, like the C++ sampler's."""
         rows = len(seeds) * n
         condition = torch.from_numpy(np.repeat(z_i, n, axis=0)).to(self.device)
         row_seeds = _seed_words([s for s in seeds for _ in range(n)]).to(self.device)
-        samples = torch.arange(n, dtype=torch.int64).repeat(len(seeds)).to(self.device)
+        samples = torch.arange(first_sample, first_sample + n, dtype=torch.int64).repeat(len(seeds)).to(self.device)
         with torch.inference_mode():
             if not self.cuda_graphs:
                 return self._loop(condition, row_seeds, samples, plan).cpu().numpy()

@@ -48,7 +48,8 @@ class TorchBackend(Backend):
             inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
             return getattr(self.model, network)(*inputs).float().cpu().numpy()
 
-    def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, plan: SamplingPlan) -> np.ndarray:
+    def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, plan: SamplingPlan,
+                       first_sample: int = 0) -> np.ndarray:
         if self.loop is None:
-            return super().sample_latents(z_i, seeds, n, plan)
-        return self.loop(z_i, seeds, n, plan)
+            return super().sample_latents(z_i, seeds, n, plan, first_sample)
+        return self.loop(z_i, seeds, n, plan, first_sample)

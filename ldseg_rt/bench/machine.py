@@ -42,7 +42,7 @@ def matmul_gflops(device: torch.device, size: int = MATMUL_SIZE, repeats: int = 
     return 2.0 * size ** 3 / statistics.median(times) / 1e9
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -61,7 +61,7 @@ def _memory_gib() -> float | None:
 def machine_info(device: torch.device) -> dict:
     """What the figures were measured on."""
     import onnxruntime
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "threads": torch.get_num_threads(),
             "memory_gib": _memory_gib(), "gpu": None, "tensorrt": None, "python": platform.python_version(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}

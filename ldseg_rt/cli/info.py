@@ -15,9 +15,19 @@ def _sampling(diffusion: dict) -> str:
             f"{diffusion['timesteps']} timesteps")
 
 
+def _bf16(record: dict | None, needed: float) -> str:
+    if record is None:
+        return "bf16: agreement with fp32 not measured at export, so precision='auto' keeps fp32"
+    verdict = "enough" if record["agreement"] >= needed else "not enough"
+    return (f"bf16: consensus agrees with fp32 on {record['agreement']:.4%} of pixels (worst image "
+            f"{record['worst_image']:.4%}; {record['random_images']} random and {record['example_images']} example "
+            f"image(s), n={record['n']}; {record['method']}): {verdict} for precision='auto' to use bf16 "
+            f"(needs {needed:.1%} and a CPU with AVX-512 bf16 or AMX)")
+
+
 def describe_bundle(bundle) -> str:
     """The manifest in human terms, and what backend="auto" would run it with here."""
-    from ..backends import PRECISIONS, choose_backend, resolve_device
+    from ..backends import BF16_MIN_AGREEMENT, choose_backend, choose_precision, resolve_device
 
     m, cfg = bundle.manifest, bundle.manifest["config"]
     diffusion, size = m["diffusion"], "x".join(map(str, m["preprocessing"]["size"]))
@@ -39,7 +49,8 @@ def describe_bundle(bundle) -> str:
     lines += [f"files: {len(m['files'])}, sha256 verified",
               "made with: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
               f"TensorRT engines cached: {', '.join(engines) or 'none'}",
-              f"here, backend='auto' runs it with {backend} ({PRECISIONS[backend][0]}) on {device}"]
+              _bf16(m.get("precision", {}).get("bf16"), BF16_MIN_AGREEMENT),
+              f"here, backend='auto' runs it with {backend} ({choose_precision(backend, bundle, device)}) on {device}"]
     return "\n".join(lines)
 
 

@@ -14,9 +14,10 @@ from .constants import PREDICTIONS, TABLE_COLUMNS
 
 
 def sample_latents(denoise, seeds, n: int, latent_shape, table: np.ndarray, prediction: str = "eps",
-                   clip: float = 0.0, renormalize: bool = True, threads: int = 0) -> np.ndarray:
-    """Run the table's steps for len(seeds) images x n samples; returns float32 latents
-    (len(seeds) * n, C, H, W), image-major."""
+                   clip: float = 0.0, renormalize: bool = True, threads: int = 0,
+                   first_sample: int = 0) -> np.ndarray:
+    """Run the table's steps for len(seeds) images x n samples (samples first_sample ..
+    first_sample + n - 1 of each); returns float32 latents (len(seeds) * n, C, H, W), image-major."""
     if prediction not in PREDICTIONS:
         raise InvalidArgumentError(f"unknown prediction type {prediction!r}; expected one of {PREDICTIONS}")
     table = np.ascontiguousarray(table, dtype=np.float64)
@@ -25,4 +26,4 @@ def sample_latents(denoise, seeds, n: int, latent_shape, table: np.ndarray, pred
     return _C.sample(denoise=denoise, seeds=np.asarray(seeds, dtype=np.uint64), n=int(n),
                      latent_shape=tuple(int(d) for d in latent_shape), table=table,
                      prediction=prediction, clip=float(clip), renormalize=bool(renormalize),
-                     threads=int(threads))
+                     threads=int(threads), first_sample=int(first_sample))

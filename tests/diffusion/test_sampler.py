@@ -41,3 +41,23 @@ def test_wrapper_rejects_bad_tables():
         sample_latents(mixing_denoiser, [0], 1, (1, 2, 2), D.ldseg_table(3), "score")
     with pytest.raises(ValueError, match=r"shape \(steps, 7\)"):
         sample_latents(mixing_denoiser, [0], 1, (1, 2, 2), np.zeros((3, 6)))
+
+
+def test_a_draw_in_chunks_is_the_draw_in_one_call(rng):
+    """Samples first_sample .. first_sample + n - 1: chunks of one draw equal the whole draw (the
+    denoiser is per-row, so exactly), and the oracle keyed by the same sample indices."""
+    table, shape = D.ldseg_table(7, 0.4), (2, 5, 3)
+    seeds = [int(s) for s in rng.integers(2 ** 63, size=2)]
+    whole = sample_latents(mixing_denoiser, seeds, 7, shape, table).reshape(2, 7, *shape)
+    for first, n in [(0, 3), (3, 1), (4, 3)]:
+        chunk = sample_latents(mixing_denoiser, seeds, n, shape, table, first_sample=first).reshape(2, n, *shape)
+        np.testing.assert_array_equal(chunk, whole[:, first:first + n])
+    want = D.reference_sample(mixing_denoiser, seeds, 3, shape, table, first_sample=4).reshape(2, 3, *shape)
+    assert np.abs(whole[:, 4:] - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_sample_indices_must_fit_the_noise_counter():
+    with pytest.raises(ValueError, match="first_sample must be >= 0"):
+        sample_latents(mixing_denoiser, [0], 1, (1, 2, 2), D.ldseg_table(3), first_sample=-1)
+    with pytest.raises(ValueError, match="below 2\\^32"):
+        sample_latents(mixing_denoiser, [0], 2, (1, 2, 2), D.ldseg_table(3), first_sample=2 ** 32 - 1)

@@ -77,13 +77,18 @@ def test_class_names_must_match_the_model(small_model, tmp_path):
 def test_cli_exports_a_checkpoint(small_model, tmp_path, capsys):
     ckpt = save_checkpoint(small_model, tmp_path / "knee.pt")
     export_main([str(ckpt), "--out", str(tmp_path / "knee.ldseg"), "--classes", "bg,femur,tibia",
-                 "--check-batches", "1,5"])
+                 "--check-batches", "1,5", "--bf16-agreement", "1"])
     out = capsys.readouterr().out
     assert "wrote" in out and "denoiser: onnxruntime vs torch" in out and "batch 5" in out
     bundle = load_bundle(tmp_path / "knee.ldseg")
     assert bundle.manifest["classes"] == ["bg", "femur", "tibia"]
+    bf16 = bundle.manifest["precision"]["bf16"]
+    assert bf16["random_images"] == 1 and bf16["n"] == 16 and f"bf16: consensus agrees with fp32 on {bf16['agreement']:.4%}" in out
     assert _refusal(capsys, [str(ckpt), "--out", str(tmp_path / "knee.ldseg"), "--check-batches", "1"],
                     "already exists")
+    assert _refusal(capsys, [str(ckpt), "--out", str(tmp_path / "other.ldseg"), "--bf16-agreement", "-1"],
+                    "--bf16-agreement must be >= 0")
+    assert not (tmp_path / "other.ldseg").exists()
 
 
 def _refusal(capsys, argv, message) -> bool:
