@@ -28,7 +28,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["numpy", "torch", "tqdm", "pillow", "nibabel", "pydicom", "highdicom", "scipy", "matplotlib",
                       "onnx", "onnxruntime", "safetensors", "h5py"],
-    extras_require={"tensorrt": ["tensorrt"], "gpu": ["triton"], "openvino": ["openvino>=2025.0"],
+    extras_require={"tensorrt": ["tensorrt>=10.1,<11"], "gpu": ["triton"], "openvino": ["openvino>=2025.0"],
                     "serve": ["fastapi", "uvicorn", "pynetdicom", "prometheus-client"],
                     "ray": ["ray[data]>=2.52"]},  # segment --ray (ldseg_rt.distributed)
 )

@@ -4,19 +4,20 @@ An engine is specific to the GPU model, the TensorRT version and the precision i
 for, and building one takes minutes, so engines are built on first use and kept under
 NAME.ldseg/engines/<gpu>-<sm_XY>-trt<version>-<precision>/: one folder per such triple, so a
 bundle on a shared disk serves several kinds of GPU. Beside each <network>.plan is
-<network>.json, the key it was built for (graph sha256, batch profile, precision, TensorRT
-version, GPU, bundle format); a plan is reused only when its key still holds, and a rebuild
-says why. The TensorRT module is a parameter, not an import, so the build runs under any
+<network>.json, the key it was built for (graph sha256, batch profile, precision, build recipe,
+TensorRT version, GPU, bundle format); a plan is reused only when its key still holds, and a
+rebuild says why. The TensorRT module is a parameter, not an import, so the build runs under any
 TensorRT flavour (the tests use TensorRT-RTX, which builds without a GPU).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import time
 import warnings
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -29,10 +30,28 @@ from ..io.atomic import replacing
 
 log = logging.getLogger(__name__)
 
-MIN_TENSORRT = 10  # execute_async_v3, set_input_shape and user-managed context memory
+# TensorRT >= 10.1 (execute_async_v3, set_input_shape, user-managed context memory) and < 11.
+# TensorRT 11 builds only strongly typed networks: it removed BuilderFlag.FP16,
+# OBEY_PRECISION_CONSTRAINTS and per-layer precisions, and takes fp16 from casts in the ONNX graph
+# (NVIDIA's migration guide: convert with ModelOpt AutoCast first). The bundles carry fp32 graphs,
+# and a second, cast graph per network with its own fp32 pins would be a recipe never run on a
+# GPU here, so 11 is refused with what to install instead.
+SUPPORTED_TENSORRT = ((10, 1), (11, 0))
+REQUIREMENT = "tensorrt>=10.1,<11"
 TIMING_CACHE = "timing.cache"
 # Layers whose fp16 error grows with the size of what they sum over: kept in fp32 under fp16.
 FP32_LAYERS = ("NORMALIZATION", "REDUCE", "SOFTMAX")
+# The sinusoidal time embedding: t (up to ~1000) times frequencies, then sin and cos. In fp16,
+# t * f at t ~ 999 is off by up to 0.5 rad (and the frequencies by 5e-4 relative), so under fp16
+# the layers from the input t through these kinds, up to and including the first of TIME_UNTIL,
+# run in fp32, with the constants they read.
+TIME_INPUT = "t"
+TIME_THROUGH = ("CAST", "SHUFFLE", "SQUEEZE", "UNSQUEEZE", "SLICE", "PADDING", "ELEMENTWISE", "UNARY",
+                "ACTIVATION", "CONCATENATION")
+TIME_UNTIL = ("MATRIX_MULTIPLY", "FULLY_CONNECTED", "CONVOLUTION")
+OPTIMIZATION_LEVEL = 3  # TensorRT's default, written down so that a change of default is a new recipe
+# Bumped when the build changes in a way the recipe's fields do not show.
+RECIPE_VERSION = 1
 
 
 def import_tensorrt() -> ModuleType:
@@ -40,13 +59,43 @@ def import_tensorrt() -> ModuleType:
     try:
         import tensorrt
     except (ImportError, OSError) as e:  # OSError: the wheel is there but its libraries are not
-        raise BackendError("backend 'tensorrt' needs the TensorRT Python package (pip install tensorrt) "
-                           "and an NVIDIA GPU; use backend='onnxruntime' or 'torch'") from e
-    major = int(tensorrt.__version__.split(".")[0])
-    if major < MIN_TENSORRT:
-        raise BackendError(f"backend 'tensorrt' needs TensorRT {MIN_TENSORRT} or newer, this is "
-                           f"{tensorrt.__version__} (pip install -U tensorrt); or use backend='torch'")
+        raise BackendError("backend 'tensorrt' needs the TensorRT Python package (pip install "
+                           f"'{REQUIREMENT}') and an NVIDIA GPU; use backend='onnxruntime' or 'torch'") from e
+    version = getattr(tensorrt, "__version__", "unknown")
+    found = re.match(r"(\d+)\.(\d+)", version)
+    low, high = SUPPORTED_TENSORRT
+    if found is None or not low <= (int(found[1]), int(found[2])) < high:
+        why = (" (strongly typed only: no fp16 builder flag or per-layer precisions)"
+               if found is not None and int(found[1]) >= high[0] else "")
+        raise BackendError(f"backend 'tensorrt' needs TensorRT 10.1 or a later 10.x; this is TensorRT {version}"
+                           f"{why}: pip install '{REQUIREMENT}', or use backend='torch'")
     return tensorrt
+
+
+def tensorrt_usable() -> bool:
+    """Whether TensorRT really imports here and is a version this backend builds with."""
+    try:
+        import_tensorrt()
+    except BackendError:
+        return False
+    return True
+
+
+def build_recipe(precision: str) -> dict:
+    """How an engine of this precision is built: every choice that changes the plan but is not
+    in the graph, so that the cache key can tell a plan built another way."""
+    fp16 = precision == "fp16"
+    return {"version": RECIPE_VERSION, "precision": precision,
+            "builder_flags": ["FP16", "OBEY_PRECISION_CONSTRAINTS"] if fp16 else [],
+            "tf32": False,  # TensorRT's default is on: fp32 matmuls and convs with a 10-bit mantissa
+            "fp32_layers": list(FP32_LAYERS) if fp16 else [],
+            "fp32_time_path": {"input": TIME_INPUT, "through": list(TIME_THROUGH), "until": list(TIME_UNTIL)}
+            if fp16 else None,
+            "optimization_level": OPTIMIZATION_LEVEL}
+
+
+def recipe_sha256(recipe: dict) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -72,16 +121,17 @@ class Profile:
         return Profile(min(self.min, batch), self.opt, max(batch, 2 * self.max))
 
 
-def network_profiles(n: int, max_images: int) -> dict[str, Profile]:
+def network_profiles(n: int, max_images: int, decode_batch: int | None = None) -> dict[str, Profile]:
     """Each network's profile for n samples per image and up to max_images images per call:
-    the encoder sees the images, the denoiser n per image, the decoder n (one image a call,
-    but a caller may pass more)."""
-    for value, what in ((n, "n"), (max_images, "max_images")):
+    the encoder sees the images, the denoiser n per image, the decoder what Segmenter gives it
+    per call: one image's samples, decode_batch at a time (None: all n)."""
+    for value, what in ((n, "n"), (max_images, "max_images"), (decode_batch or 1, "decode_batch")):
         if not isinstance(value, int) or value < 1:
             raise InvalidArgumentError(f"{what} must be an integer >= 1, got {value!r}")
+    decoded = min(decode_batch or n, n)
     return {"image_encoder": Profile(1, 1, max_images),
             "denoiser": Profile(1, n, n * max_images),
-            "decoder": Profile(1, n, n * max_images)}
+            "decoder": Profile(1, decoded, decoded)}
 
 
 @dataclass(frozen=True)
@@ -121,14 +171,23 @@ def stale_reason(stored: dict, expected: dict) -> str | None:
                        f"-> {expected['graph_sha256'][:12]}...)")
     if stored.get("precision") != expected["precision"]:
         reasons.append(f"was built for {stored.get('precision')}, {expected['precision']} is wanted")
+    elif stored.get("recipe_sha256") != expected["recipe_sha256"]:
+        reasons.append(_recipe_reason(stored, expected))
     if stored.get("bundle_format_version") != expected["bundle_format_version"]:
         reasons.append(f"was built from a bundle of format version {stored.get('bundle_format_version')}, "
                        f"this one has {expected['bundle_format_version']}")
     reasons += _profile_reasons(stored.get("profile"), Profile(**expected["profile"]))
-    checked = {*target, "graph_sha256", "precision", "bundle_format_version", "profile"}
+    checked = {*target, "graph_sha256", "precision", "recipe", "recipe_sha256", "bundle_format_version", "profile"}
     reasons += [f"has {k} {stored.get(k)!r}, {expected[k]!r} is wanted"
                 for k in expected if k not in checked and stored.get(k) != expected[k]]
     return "; ".join(reasons) or None
+
+
+def _recipe_reason(stored: dict, expected: dict) -> str:
+    old, new = stored.get("recipe"), expected["recipe"]
+    changed = sorted(k for k in new if old.get(k) != new[k]) if isinstance(old, dict) else []
+    return (f"was built by another build recipe (sha256 {str(stored.get('recipe_sha256'))[:12]}... -> "
+            f"{expected['recipe_sha256'][:12]}...{'; changed: ' + ', '.join(changed) if changed else ''})")
 
 
 def _profile_reasons(stored, needed: Profile) -> list[str]:
@@ -148,15 +207,28 @@ def build_plan(trt: ModuleType, onnx_bytes: bytes, network_entry: dict, profile:
                timing_cache: bytes | None = None) -> tuple[bytes, bytes | None]:
     """Build a serialized engine for one graph with one batch profile. Returns the plan and the
     timing cache to keep for the next build (None where this TensorRT has none)."""
-    if precision not in ("fp16", "fp32"):
-        raise BackendError(f"precision {precision!r} is not one TensorRT builds; use 'fp16' or 'fp32'")
-    fp16 = precision == "fp16"
-    if fp16 and not hasattr(trt.BuilderFlag, "FP16"):
-        raise BackendError(f"this TensorRT builder ({trt.__name__} {trt.__version__}) is strongly typed: it "
-                           "has no FP16 flag and builds the graph in the fp32 it was exported in; "
-                           "use precision='fp32'")
     logger = tensorrt_logger(trt)
     logger.errors.clear()
+    parsed = parse_network(trt, onnx_bytes, network_entry)
+    config = builder_config(trt, parsed, network_entry, profile, precision)
+    cache = _timing_cache(config, timing_cache)
+    plan = parsed.builder.build_serialized_network(parsed.network, config)
+    if plan is None:
+        raise BackendError("TensorRT could not build the engine: " + ("; ".join(logger.errors)
+                                                                      or "it gave no reason"))
+    return bytes(plan), None if cache is None else bytes(cache.serialize())
+
+
+@dataclass
+class Parsed:
+    builder: object
+    network: object
+    parser: object  # owns the graph's weights: it must outlive the build
+
+
+def parse_network(trt: ModuleType, onnx_bytes: bytes, network_entry: dict) -> Parsed:
+    """The graph as a TensorRT network (weakly typed: an fp16 build picks layer precisions)."""
+    logger = tensorrt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -167,22 +239,79 @@ def build_plan(trt: ModuleType, onnx_bytes: bytes, network_entry: dict, profile:
     if names != set(network_entry["inputs"]):
         raise BackendError(f"the graph's inputs {sorted(names)} are not the manifest's "
                            f"{sorted(network_entry['inputs'])}: the bundle is inconsistent; export it again")
-    config = builder.create_builder_config()
-    optimization = builder.create_optimization_profile()
+    return Parsed(builder, network, parser)
+
+
+def builder_config(trt: ModuleType, parsed: Parsed, network_entry: dict, profile: Profile, precision: str):
+    """The builder configuration of build_recipe(precision), with the batch profile; under fp16
+    it also pins the fp32_layers of the network to fp32."""
+    if precision not in ("fp16", "fp32"):
+        raise BackendError(f"precision {precision!r} is not one TensorRT builds; use 'fp16' or 'fp32'")
+    recipe = build_recipe(precision)
+    missing = [f for f in recipe["builder_flags"] if not hasattr(trt.BuilderFlag, f)]
+    if missing:
+        raise BackendError(f"this TensorRT builder ({trt.__name__} {trt.__version__}) is strongly typed: it "
+                           f"has no {' or '.join(missing)} flag and builds the graph in the fp32 it was "
+                           "exported in; use precision='fp32'")
+    config = parsed.builder.create_builder_config()
+    optimization = parsed.builder.create_optimization_profile()
     for name, spec in network_entry["inputs"].items():
         rest = list(spec["shape"][1:])
         optimization.set_shape(name, [profile.min, *rest], [profile.opt, *rest], [profile.max, *rest])
     config.add_optimization_profile(optimization)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        _keep_fp32(trt, network)
-    cache = _timing_cache(config, timing_cache)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise BackendError("TensorRT could not build the engine: " + ("; ".join(logger.errors)
-                                                                      or "it gave no reason"))
-    return bytes(plan), None if cache is None else bytes(cache.serialize())
+    config.builder_optimization_level = recipe["optimization_level"]
+    (config.set_flag if recipe["tf32"] else config.clear_flag)(trt.BuilderFlag.TF32)
+    for flag in recipe["builder_flags"]:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if recipe["fp32_layers"] or recipe["fp32_time_path"]:
+        _keep_fp32(trt, parsed.network, fp32_layers(trt, parsed.network))
+    return config
+
+
+def fp32_layers(trt: ModuleType, network) -> set[str]:
+    """The names of the layers an fp16 build keeps in fp32: the float layers of the FP32_LAYERS
+    kinds (integer ones compute shapes), and the time embedding's path from the input t."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    kinds = _layer_types(trt, FP32_LAYERS)
+    return {layer.name for layer in layers if layer.type in kinds and _float(trt, layer)} | \
+        _time_path(trt, network, layers)
+
+
+def _time_path(trt: ModuleType, network, layers: list) -> set[str]:
+    """The layers from the input TIME_INPUT through TIME_THROUGH kinds up to and including the
+    first TIME_UNTIL one on each path, and the float constants they read."""
+    if TIME_INPUT not in {network.get_input(i).name for i in range(network.num_inputs)}:
+        return set()
+    through, until = _layer_types(trt, TIME_THROUGH), _layer_types(trt, TIME_UNTIL)
+    consumers, producer = defaultdict(list), {}
+    for layer in layers:
+        for tensor in _inputs(layer):
+            consumers[tensor.name].append(layer)
+        for j in range(layer.num_outputs):
+            producer[layer.get_output(j).name] = layer
+    path, frontier = set(), [TIME_INPUT]
+    while frontier:
+        for layer in consumers[frontier.pop()]:
+            if layer.name in path or layer.type not in through | until or not _float(trt, layer):
+                continue
+            path.add(layer.name)
+            path.update(p.name for p in (producer.get(t.name) for t in _inputs(layer))
+                        if p is not None and p.type == trt.LayerType.CONSTANT and _float(trt, p))
+            if layer.type in through:
+                frontier += [layer.get_output(j).name for j in range(layer.num_outputs)]
+    return path
+
+
+def _layer_types(trt: ModuleType, names: tuple[str, ...]) -> set:
+    return {getattr(trt.LayerType, k) for k in names if hasattr(trt.LayerType, k)}
+
+
+def _inputs(layer) -> list:
+    return [t for t in (layer.get_input(j) for j in range(layer.num_inputs)) if t is not None]
+
+
+def _float(trt: ModuleType, layer) -> bool:
+    return all(layer.get_output(j).dtype == trt.float32 for j in range(layer.num_outputs))
 
 
 class EngineCache:
@@ -194,13 +323,15 @@ class EngineCache:
         self.gpu = gpu
         self.precision = precision
         self.version = trt.__version__
+        self.recipe = build_recipe(precision)
         self.folder = bundle.engines_dir / f"{gpu.slug}-{gpu.compute_capability}-trt{self.version}-{precision}"
 
     def key(self, network: str, profile: Profile) -> dict:
         """What the engine for `network` must have been built for, to be reused."""
         return {"network": network,
                 "graph_sha256": self.bundle.manifest["files"][self.bundle.network(network)["file"]],
-                "profile": asdict(profile), "precision": self.precision, "tensorrt": self.version,
+                "profile": asdict(profile), "precision": self.precision, "recipe": self.recipe,
+                "recipe_sha256": recipe_sha256(self.recipe), "tensorrt": self.version,
                 "gpu": self.gpu.name, "compute_capability": self.gpu.compute_capability,
                 "bundle_format_version": self.bundle.manifest["format_version"]}
 
@@ -275,13 +406,12 @@ def _write(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _keep_fp32(trt: ModuleType, network) -> None:
-    """Pin the float layers of the FP32_LAYERS kinds to fp32 under an fp16 build (integer
-    ones compute shapes and are left alone)."""
-    kinds = tuple(getattr(trt.LayerType, k) for k in FP32_LAYERS if hasattr(trt.LayerType, k))
+def _keep_fp32(trt: ModuleType, network, names: set[str]) -> None:
+    """Pin the named layers to fp32, computation and outputs (an fp16 build obeys it under
+    OBEY_PRECISION_CONSTRAINTS)."""
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type in kinds and layer.get_output(0).dtype == trt.float32:
+        if layer.name in names:
             layer.precision = trt.float32
             for j in range(layer.num_outputs):
                 layer.set_output_type(j, trt.float32)
