@@ -120,22 +120,27 @@ def _attention_kernel(
              out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
 
 
-def _config(head_dim: int, itemsize: int, interpreted: bool) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_D), one fixed choice per head dim, no autotuning.
+def _config(head_dim: int, dtype: torch.dtype, interpreted: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps), one fixed choice per head dim and dtype, no autotuning.
 
-    BLOCK_D is D padded to a power of two >= 16, the smallest tl.dot takes. On a GPU, small
-    heads (LDSeg's 8 x 8) do little math per key, so a tall query block amortises each k/v
-    load over 128 rows. At D = 128 BLOCK_M halves to bound the fp32 accumulator's registers,
-    and in fp32 BLOCK_N halves too, so the staged k/v tiles (2 stages x 2 x BLOCK_N x BLOCK_D
-    x itemsize) never pass 64 KiB of shared memory. The interpreter pays ~15 ms of Python per
-    loop step whatever the tile, so it takes the largest tiles numpy handles quickly.
+    BLOCK_D is D padded to a power of two >= 16, the smallest tl.dot takes. On a GPU the tiles
+    are the largest that ptxas compiles without spilling registers to local memory, measured
+    with triton 3.9 for sm_90a at num_warps=8, num_stages=2 (tests/kernels/test_attention_kernel.py
+    recompiles them ahead of time; benchmarks/gpu_check.py reads the spills on the GPU). fp32
+    dots in "ieee" run on the FMA units, not the tensor cores, and hold their operands in
+    registers, so they take smaller tiles: the former 128 x 64 fp32 tile at 4 warps spilled
+    60 B (D 16), 17.0 KB (D 32) and 5.3 KB (D 64) per thread, and 64 x 32 at D 128 20.8 KB.
+    Registers per thread, no spills, of the tiles below: fp32 212 (D 16), 95, 162, 186 (D 128);
+    fp16/bf16 118 (D 16), 153, 211, 220 (D 128, where 128 x 64 would spill 252 B). The
+    interpreter pays ~15 ms of Python per loop step whatever the tile, so it takes the largest
+    tiles numpy handles quickly.
     """
     block_d = max(16, triton.next_power_of_2(head_dim))
     if interpreted:
-        return 512, 256, block_d
-    block_m = 128 if block_d <= 64 else 64
-    block_n = 64 if block_d * itemsize <= 256 else 32
-    return block_m, block_n, block_d
+        return 512, 256, block_d, 4
+    if dtype == torch.float32:
+        return (128, 64, block_d, 8) if block_d == 16 else (64, 32, block_d, 8)
+    return (128, 64, block_d, 8) if block_d <= 64 else (64, 64, block_d, 8)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -163,7 +168,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
         return out
     if keys == 0:
         raise ValueError("attention: k and v have no tokens, so the softmax has nothing to normalise")
-    block_m, block_n, block_d = _config(head_dim, q.element_size(), interpreting())
+    block_m, block_n, block_d, num_warps = _config(head_dim, q.dtype, interpreting())
     grid = (triton.cdiv(tokens, block_m) * batch * heads,)
     _attention_kernel[grid](
         q, k, v, out,
@@ -173,6 +178,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
         # The interpreter's tl.dot multiplies bf16 as raw uint16 bits (triton-lang/triton#11584,
         # unsupported there); fp32 operands hold bf16 values exactly.
         DOT_TYPE=tl.float32 if interpreting() and q.dtype == torch.bfloat16 else _TL_DTYPES[q.dtype],
-        num_warps=4, num_stages=2,
+        num_warps=num_warps, num_stages=2,
     )
     return out

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .backends import NEEDS_BUNDLE, create_backend
 from .bundle import DIGEST, SUFFIX, Bundle, is_bundle, load_bundle
@@ -257,9 +256,9 @@ class Segmenter:
         chunk = self.backend.decode_batch or len(latents)
         for start in range(0, len(latents), chunk):
             with clock.stage("decode"):
-                probs = self.backend.decode(latents[start:start + chunk])
+                probs = self.backend.decode_tensor(latents[start:start + chunk])
             with clock.stage("postprocess"):
-                aggregator.add(torch.from_numpy(probs))
+                aggregator.add(probs)
 
     def segment_volume(self, volume, n: int = 16, axis: int | None = None, seed: int | None = None,
                        steps: int | None = None, eta: float | None = None, max_batch: int = DEFAULT_MAX_BATCH,
@@ -296,7 +295,7 @@ class Segmenter:
             outputs = tuple(None if o is None else o.permute(*range(o.dim() - 3), -1, -2, -3).contiguous()
                             for o in outputs)
         if p.device is None:
-            outputs = tuple(None if o is None else o.numpy() for o in outputs)
+            outputs = tuple(None if o is None else o.cpu().numpy() for o in outputs)
         else:
             outputs = tuple(None if o is None else o.to(p.device) for o in outputs)
         return SampleResult(*outputs, latents=latents, seed=seed, n=len(latents), warnings=list(p.warnings))

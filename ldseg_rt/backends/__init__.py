@@ -50,7 +50,10 @@ def resolve_device(device) -> torch.device:
 
 
 def tensorrt_available() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None
+    """Whether TensorRT really imports, in a version this package builds with (a broken install
+    must not make "auto" choose it)."""
+    from .tensorrt_engines import tensorrt_usable  # imports tensorrt: only asked for with a GPU
+    return tensorrt_usable()
 
 
 def openvino_available() -> bool:

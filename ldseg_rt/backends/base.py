@@ -38,6 +38,11 @@ class Backend:
     def decode(self, z: np.ndarray) -> np.ndarray:
         return self.run("decoder", z)
 
+    def decode_tensor(self, z: np.ndarray) -> torch.Tensor:
+        """decode() as a torch tensor: on the CPU here; the torch backend on CUDA leaves it on
+        the GPU, where Segmenter's aggregation then runs (in the Triton kernel)."""
+        return torch.from_numpy(self.decode(z))
+
     @property
     def decode_batch(self) -> int | None:
         """How many samples `Segmenter` decodes per call: a few on a CPU, all n (None) on a GPU;

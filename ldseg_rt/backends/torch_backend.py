@@ -4,12 +4,11 @@ On the CPU they run eagerly on a channels_last copy in fp32, or in bf16 on CPUs 
 AVX-512 bf16 (norms in fp32), and the C++ sampler drives the loop. On CUDA
 the Triton kernels replace attention and GroupNorm+SiLU, the step math and noise run in the
 Triton step kernel, the K-step loop is captured in one CUDA graph, and fp16/bf16 weights are
-available with the norms in fp32. `kernels=False` and `cuda_graphs=False` turn those off,
-for comparison.
+available with the norms in fp32; every run is on the backend's device as the current one and,
+in fp32, without TF32 (precision.run_context). `kernels=False` and `cuda_graphs=False` turn
+the kernels and graphs off, for comparison.
 """
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 
 from ..diffusion.plan import SamplingPlan
 from .base import Backend
-from .precision import autocast, cast_model, check_precision, to_channels_last
+from .precision import cast_model, check_precision, run_context, to_channels_last
 
 
 class TorchBackend(Backend):
@@ -31,7 +30,7 @@ class TorchBackend(Backend):
         check_precision(precision, device)
         self.device, self.precision, self.config = device, precision, model.config
         self.kernels = on_gpu if kernels is None else kernels
-        self.loop, self._autocast = None, contextlib.nullcontext
+        self.loop = None
         if on_gpu or self.kernels:
             from .device_loop import DeviceLoop
             from .gpu_model import gpu_model
@@ -40,13 +39,22 @@ class TorchBackend(Backend):
         else:
             self.model = cast_model(model, device, precision)
             to_channels_last(self.model, everything=precision != "fp32")
-        if precision != "fp32":
-            self._autocast = lambda: autocast(device, precision)
 
     def run(self, network: str, *arrays: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), self._autocast():
+        return self._forward(network, *arrays).float().cpu().numpy()
+
+    def decode_tensor(self, z: np.ndarray) -> torch.Tensor:
+        """The decoder's float32 probabilities, left on the GPU on CUDA: sample() aggregates them
+        there, in the Triton kernel (pipeline/aggregate.py), and copies back only the results.
+        On the CPU, decode() like every backend."""
+        if self.device.type != "cuda":
+            return super().decode_tensor(z)
+        return self._forward("decoder", z).float()
+
+    def _forward(self, network: str, *arrays: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode(), run_context(self.device, self.precision):
             inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
-            return getattr(self.model, network)(*inputs).float().cpu().numpy()
+            return getattr(self.model, network)(*inputs)
 
     def sample_latents(self, z_i: np.ndarray, seeds: list[int], n: int, plan: SamplingPlan,
                        first_sample: int = 0) -> np.ndarray:

@@ -39,39 +39,60 @@ class Aggregator:
     mean probabilities (C, H, W) float32, consensus (H, W) uint8 and uncertainty (H, W) in
     [0, 1] (entropy / log C); volumes alike, with (D, H, W) for (H, W). Chunks are resized
     to `size` first (None: kept as they are).
-    keep_samples=False keeps no per-sample maps (samples is then None): memory independent of n."""
+    keep_samples=False keeps no per-sample maps (samples is then None): memory independent of n.
+    fused: aggregate in the Triton kernel (ldseg_rt.kernels.aggregate); None: for CUDA chunks,
+    which then stay on their device, results included (True also runs it on CPU chunks under
+    TRITON_INTERPRET=1, which is how the tests check it)."""
 
-    def __init__(self, size: tuple[int, ...] | None = None, keep_samples: bool = True):
+    def __init__(self, size: tuple[int, ...] | None = None, keep_samples: bool = True, fused: bool | None = None):
         self.size = size
         self.keep_samples = keep_samples
+        self.fused = fused
         self._samples: list[torch.Tensor] = []
         self._sum: torch.Tensor | None = None
         self._count = 0
+        self._whole = None  # the fused outputs of the only chunk so far
 
     def add(self, probs: torch.Tensor) -> None:
         probs = resize_probs(probs.float(), self.size)
+        if self.fused is None:
+            self.fused = probs.is_cuda
+        if self.fused:
+            samples, mean, mask, uncertainty = _fused(probs)
+            total = mean * probs.shape[0]
+            self._whole = (mean, mask, uncertainty) if not self._count else None
+        else:
+            samples = class_argmax(probs, 1) if self.keep_samples else None
+            total = probs.sum(dim=0)
         if self.keep_samples:
-            self._samples.append(class_argmax(probs, 1))
-        total = probs.sum(dim=0)
+            self._samples.append(samples)
         self._sum = total if self._sum is None else self._sum.add_(total)
         self._count += probs.shape[0]
 
     def result(self):
         if not self._count:
             raise ValueError("no samples were added")
+        samples = torch.cat(self._samples) if self.keep_samples else None
+        if self.fused:  # one chunk (all n at once on a GPU): its own outputs; else the kernel on the mean
+            return samples, *(self._whole or _fused((self._sum / self._count)[None])[1:])
         mean = self._sum / self._count
         entropy = -(mean * torch.log(mean.clamp_min(1e-12))).sum(dim=0)
         uncertainty = (entropy / math.log(mean.shape[0])).clamp(0.0, 1.0)
-        samples = torch.cat(self._samples) if self.keep_samples else None
         return samples, mean, class_argmax(mean, 0), uncertainty
 
 
+def _fused(probs: torch.Tensor):
+    """The Triton aggregation of (n, C, *spatial) probabilities, any spatial rank (the kernel
+    takes (n, C, H, W); imported only here: the CPU path needs no triton)."""
+    from ..kernels.aggregate import aggregate as fused
+    n, classes, *spatial = probs.shape
+    samples, mean, mask, uncertainty = fused(probs.reshape(n, classes, -1, 1))
+    return (samples.reshape(n, *spatial), mean.reshape(classes, *spatial), mask.reshape(spatial),
+            uncertainty.reshape(spatial))
+
+
 def aggregate(probs: torch.Tensor):
-    """All n samples' (n, C, H, W) probabilities at once. On a GPU one Triton pass does it
-    all (imported only then: the CPU needs no triton)."""
-    if probs.is_cuda:
-        from ..kernels.aggregate import aggregate as fused
-        return fused(probs)
+    """All n samples' (n, C, H, W) probabilities at once; on a GPU in one Triton pass."""
     aggregator = Aggregator()
     aggregator.add(probs)
     return aggregator.result()

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from ldseg_rt.kernels.aggregate import aggregate, aggregate_reference
+from ldseg_rt.pipeline.aggregate import Aggregator
 from ldseg_rt.pipeline.aggregate import aggregate as library_aggregate
+from ldseg_rt.pipeline.aggregate import resize_probs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SPATIAL = [(h, w) for h in (1, 7, 64, 100) for w in (1, 7, 64, 100)]
@@ -65,6 +67,26 @@ def test_shapes_against_library(rng, hw):
     check_against(got, library_aggregate(probs), probs)
     check_against(got, aggregate_reference(probs), probs)
     check_against([t.cpu() for t in got], float64_aggregate(probs), probs.cpu())
+
+
+@pytest.mark.parametrize("spatial,size,chunks,keep", [((9, 13), (20, 11), (3, 2), True), ((33, 7), None, (2, 2, 3), False),
+                                                       ((4, 5, 6), None, (5,), True)])
+def test_aggregator_on_the_kernel(rng, spatial, size, chunks, keep):
+    """The Aggregator's fused path (what sample() runs on CUDA decoder outputs): chunks streamed,
+    resized, images and a volume, against float64 numpy of all the resized samples at once."""
+    probs = torch.softmax(torch.from_numpy(3 * rng.standard_normal((sum(chunks), 3, *spatial))), 1).float().to(DEVICE)
+    aggregator = Aggregator(size, keep_samples=keep, fused=True)
+    for start, k in zip(np.cumsum((0, *chunks)), chunks):
+        aggregator.add(probs[start:start + k])
+    samples, *got = aggregator.result()
+    resized = resize_probs(probs, size)
+    want = float64_aggregate(resized)
+    assert all(t.device == probs.device for t in got)
+    check_against([want[0] if samples is None else samples.cpu(), *(t.cpu() for t in got)], want, resized.cpu())
+    assert (samples is None) == (not keep)
+    default = Aggregator()
+    default.add(probs[:1])
+    assert default.fused == probs.is_cuda
 
 
 @pytest.mark.parametrize("n", [1, 2, 16, 17])

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ldseg_rt.kernels.groupnorm as groupnorm_module
 from ldseg_rt.kernels.groupnorm import group_norm, group_norm_reference
 from ldseg_rt.models.layers import KERAS_EPS
 
@@ -63,6 +64,15 @@ def test_large_group_with_offset(rng):
     x = make(rng, (1, 64, 64, 64), offset=1000.0)
     weight, bias = make(rng, (64,)), make(rng, (64,))
     check(group_norm(x, 2, weight, bias, KERAS_EPS, silu=True), x, 2, weight, bias, KERAS_EPS, True)
+
+
+def test_groups_split_into_chunks(rng, monkeypatch):
+    """Blocks of 64 values, so a group of 2 x 17 x 13 = 442 spans 7 chunks, the last ragged
+    (58), whose statistics are merged; at 1000 + noise."""
+    monkeypatch.setattr(groupnorm_module, "_max_block", lambda: 64)
+    x = make(rng, (1, 6, 17, 13), offset=1000.0)
+    weight, bias = make(rng, (6,)), make(rng, (6,))
+    check(group_norm(x, 3, weight, bias, KERAS_EPS, silu=True), x, 3, weight, bias, KERAS_EPS, True)
 
 
 @pytest.mark.parametrize("offset,scale", [(1000.0, 1.0), (-3e4, 10.0), (100.0, 1e-2)])
