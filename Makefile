@@ -12,8 +12,10 @@ $(STAMP): requirements.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Two workers, whole files each (module fixtures built once): many tests wait on servers,
+# subprocesses and Ray rather than compute, so two share 2 cores well.
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) -m ldseg_rt demo

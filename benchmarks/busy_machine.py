@@ -8,7 +8,6 @@ settings read at start-up (OpenMP's wait policy) are what a user's process would
 """
 import argparse
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -17,13 +16,7 @@ import time
 
 import numpy as np
 
-
-def burn(stop_at: float) -> None:
-    """Pure Python arithmetic until `stop_at`: a CPU-bound thread that never sleeps."""
-    x = 0
-    while time.time() < stop_at:
-        for i in range(10_000):
-            x = (x + i * i) % 1_000_003
+from ldseg_rt.bench.busy import busy
 
 
 def time_calls(engine: str, backend: str, n: int, repeats: int) -> dict:
@@ -42,24 +35,12 @@ def time_calls(engine: str, backend: str, n: int, repeats: int) -> dict:
 
 
 def measure(engine: str, backend: str, n: int, repeats: int, competitors: int) -> dict:
-    """The calls' times while `competitors` programs each keep every usable core busy (one busy
-    process per core each, which is what a multi-threaded CPU-bound program amounts to)."""
-    stop_at = time.time() + 3600
-    cores = len(os.sched_getaffinity(0))
-    rivals = [multiprocessing.Process(target=burn, args=(stop_at,)) for _ in range(competitors * cores)]
-    for rival in rivals:
-        rival.start()
-    try:
-        time.sleep(1.0 if rivals else 0.0)
+    """The calls' times, in a fresh interpreter, while `competitors` programs keep every usable core busy."""
+    with busy(competitors):
         code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import busy_machine as b; "
                 f"print(json.dumps(b.time_calls({engine!r}, {backend!r}, {n}, {repeats})))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-        return json.loads(out.strip().splitlines()[-1])
-    finally:
-        for rival in rivals:
-            rival.kill()
-        for rival in rivals:
-            rival.join()
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main():

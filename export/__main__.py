@@ -82,7 +82,7 @@ def _run(args) -> None:
         model = load_model(engine)
     random_images = args.bf16_agreement
     if random_images is None:
-        random_images = 4 if model.config.spatial_dims == 2 else 0
+        random_images = 2 if model.config.spatial_dims == 2 else 0
     if random_images < 0:
         raise InvalidArgumentError(f"--bf16-agreement must be >= 0, got {random_images}")
     examples = [_pixels(read_case(case)) for case in find_cases(args.examples)]

@@ -23,13 +23,15 @@ from ..errors import BackendError
 from ..models import build_model
 from ..pipeline.preprocess import native_size
 from .baselines import eager_batched, eager_per_sample
+from .busy import busy
 from .flops import flops_per_call
 from .machine import (MATMUL_SIZE, RSS_METHODS, PeakMemory, describe_machine, machine_info, matmul_gflops, rss_method,
                       timed)
 from .report import format_text_table, markdown_section, rewrite_section, table_rows
 
 ROW_KEYS = ("config", "backend", "precision", "n", "steps", "latency_ms", "samples_per_s", "flops", "gflops_per_s",
-            "fraction_of_matmul", "speedup_vs_eager_per_sample", "speedup_vs_eager_batched", "peak_rss_mb")
+            "fraction_of_matmul", "speedup_vs_eager_per_sample", "speedup_vs_eager_batched", "peak_rss_mb",
+            "consensus_agreement", "agreement_reference", "busy_programs", "busy_latency_ms", "busy_ratio")
 DEFAULT_CONFIGS = ("glas512", "small", "amb_small")
 DEFAULT_N = (1, 16)
 QUICK = {"configs": ("small", "amb_small"), "n": (1, 4), "warmup": 1, "repeats": 3}
@@ -114,8 +116,9 @@ class Bench:
     baselines' latencies per config, n and device)."""
 
     def __init__(self, warmup: int = 1, repeats: int = 5, device="auto", models: dict | None = None,
-                 matmul_size: int = MATMUL_SIZE, matmul_repeats: int = 5, seed: int = 0):
-        self.warmup, self.repeats, self.seed = int(warmup), int(repeats), seed
+                 matmul_size: int = MATMUL_SIZE, matmul_repeats: int = 5, seed: int = 0, busy: int = 0):
+        """busy: also time every row while that many competing programs keep every core busy."""
+        self.warmup, self.repeats, self.seed, self.busy = int(warmup), int(repeats), seed, int(busy)
         self.device = resolve_device(device)
         self.models = dict(models or {})
         self.matmul_size, self.matmul_repeats = matmul_size, matmul_repeats
@@ -124,6 +127,7 @@ class Bench:
         self.segmenters: dict = {}
         self.baselines: dict = {}  # (config, n, device) -> {"eager_per_sample": s, "eager_batched": s}
         self.extras: dict = {}  # (config, backend, precision, n) -> device, peak GPU memory
+        self.references: dict = {}  # (config, n) -> (consensus, row name) of the first fp32 row
         self._matmul: dict = {}
 
     def matmul_gflops(self, device: torch.device | None = None) -> float:
@@ -171,6 +175,11 @@ class Bench:
         w = self.workload(name)
         memory = PeakMemory(self.rss_method, device)
         latency = timed(lambda: seg.sample(w.image, n=n, seed=SEED), self.warmup, self.repeats, device, memory)
+        agreement, reference = self._agreement(name, backend, precision, n, seg.sample(w.image, n=n, seed=SEED).mask)
+        busy_latency = None
+        if self.busy:
+            with busy(self.busy):
+                busy_latency = timed(lambda: seg.sample(w.image, n=n, seed=SEED), self.warmup, self.repeats, device)
         flops = self.flops(name, n)
         base = self.baseline(name, n, device)
         achieved = flops / latency / 1e9
@@ -178,14 +187,29 @@ class Bench:
                   "latency_ms": latency * 1e3, "samples_per_s": n / latency, "flops": flops,
                   "gflops_per_s": achieved, "fraction_of_matmul": achieved / self.matmul_gflops(device),
                   "speedup_vs_eager_per_sample": base["eager_per_sample"] / latency,
-                  "speedup_vs_eager_batched": base["eager_batched"] / latency, "peak_rss_mb": memory.rss_mb}
+                  "speedup_vs_eager_batched": base["eager_batched"] / latency, "peak_rss_mb": memory.rss_mb,
+                  "consensus_agreement": agreement, "agreement_reference": reference, "busy_programs": self.busy,
+                  "busy_latency_ms": None if busy_latency is None else busy_latency * 1e3,
+                  "busy_ratio": None if busy_latency is None else busy_latency / latency}
         self.extras[(name, backend, precision, n)] = {"device": str(device), "peak_gpu_mb": memory.gpu_mb}
         return record
+
+    def _agreement(self, name: str, backend: str, precision: str, n: int, mask) -> tuple[float | None, str | None]:
+        """The fraction of pixels whose consensus matches the first fp32 row's of this config and n
+        (that row is the reference: 1.0 itself); None before any fp32 row."""
+        if precision == "fp32":
+            self.references.setdefault((name, n), (mask, f"{backend} fp32"))
+        if (name, n) not in self.references:
+            return None, None
+        want, reference = self.references[(name, n)]
+        return float((np.asarray(mask) == np.asarray(want)).mean()), reference
 
     def release(self, name: str) -> None:
         """Drop a configuration's segmenters, bundle and model copies."""
         for key in [k for k in self.segmenters if k[0] == name]:
             del self.segmenters[key]
+        for key in [k for k in self.references if k[0] == name]:
+            del self.references[key]
         if name in self.workloads:
             self.workloads.pop(name).close()
         gc.collect()
@@ -216,6 +240,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=None,
                         help="only these backends (default: every one available here)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    parser.add_argument("--busy", type=int, default=0, metavar="K",
+                        help="also time each row while K competing programs keep every core busy (one process "
+                             "per core each); the table shows the ratio to the quiet time")
     parser.add_argument("--out-json", default=str(DEFAULT_DIR / "results.json"))
     parser.add_argument("--results-md", default=str(DEFAULT_DIR / "RESULTS.md"),
                         help="markdown file whose bench section is rewritten ('' to skip)")
@@ -236,10 +263,11 @@ def run(args) -> list[dict]:
         raise SystemExit("error: every --n must be >= 1")
     warmup = args.warmup if args.warmup is not None else QUICK["warmup"] if quick else 1
     repeats = args.repeats if args.repeats is not None else QUICK["repeats"] if quick else 5
-    if warmup < 0 or repeats < 1:
-        raise SystemExit("error: --warmup must be >= 0 and --repeats >= 1")
+    if warmup < 0 or repeats < 1 or args.busy < 0:
+        raise SystemExit("error: --warmup and --busy must be >= 0 and --repeats >= 1")
 
-    bench = Bench(warmup=warmup, repeats=repeats, device=args.device, matmul_repeats=3 if quick else 5)
+    bench = Bench(warmup=warmup, repeats=repeats, device=args.device, matmul_repeats=3 if quick else 5,
+                  busy=args.busy)
     combos, skipped = plan_backends(bench.device, args.backends)
     info = machine_info(bench.device)
     print(f"machine: {describe_machine(info)}")
@@ -286,7 +314,8 @@ def _command_line(args) -> str:
     if args.quick:
         parts.append("--quick")
     for flag, value in (("--configs", args.configs), ("--n", args.n), ("--repeats", args.repeats),
-                        ("--warmup", args.warmup), ("--threads", args.threads), ("--backends", args.backends)):
+                        ("--warmup", args.warmup), ("--threads", args.threads), ("--backends", args.backends),
+                        ("--busy", args.busy or None)):
         if value is not None:
             parts.append(f"{flag} " + (" ".join(map(str, value)) if isinstance(value, list) else str(value)))
     if args.device != "auto":

@@ -23,8 +23,10 @@ def _fmt(value, digits: int = 3) -> str:
 
 def table_rows(records: list[dict], extras: dict) -> tuple[list[str], list[list[str]]]:
     gpu = any(e.get("peak_gpu_mb") is not None for e in extras.values())
+    busy = any(r["busy_ratio"] is not None for r in records)
     header = ["config", "backend", "precision", "n", "steps", "latency ms", "samples/s", "GFLOP/call", "GFLOP/s",
-              "of matmul", "vs eager per-sample", "vs eager batched", "peak RSS MB"] + (["peak GPU MB"] if gpu else [])
+              "of matmul", "vs eager per-sample", "vs eager batched", "peak RSS MB"] + (["peak GPU MB"] if gpu else []) \
+        + ["consensus vs first fp32"] + (["busy ms", "busy / quiet"] if busy else [])
     rows = []
     for r in records:
         extra = extras.get((r["config"], r["backend"], r["precision"], r["n"]), {})
@@ -32,8 +34,15 @@ def table_rows(records: list[dict], extras: dict) -> tuple[list[str], list[list[
                      r["precision"], str(r["n"]), str(r["steps"]), f"{r['latency_ms']:.1f}", _fmt(r["samples_per_s"]),
                      _fmt(r["flops"] / 1e9), _fmt(r["gflops_per_s"]), f"{r['fraction_of_matmul']:.3f}",
                      f"{r['speedup_vs_eager_per_sample']:.2f}x", f"{r['speedup_vs_eager_batched']:.2f}x",
-                     f"{r['peak_rss_mb']:.0f}"] + ([_fmt(extra.get("peak_gpu_mb"), 4)] if gpu else []))
+                     f"{r['peak_rss_mb']:.0f}"] + ([_fmt(extra.get("peak_gpu_mb"), 4)] if gpu else [])
+                    + [_agreement(r)] + ([_fmt(r["busy_latency_ms"], 4), f"{r['busy_ratio']:.2f}x"] if busy else []))
     return header, rows
+
+
+def _agreement(r: dict) -> str:
+    if r["consensus_agreement"] is None:
+        return "-"
+    return f"{r['consensus_agreement']:.4%}" + (f" ({r['agreement_reference']})" if r["agreement_reference"] else "")
 
 
 def format_text_table(header: list[str], rows: list[list[str]]) -> str:
@@ -65,7 +74,10 @@ def markdown_section(records, extras, info, matmul: dict, baselines: dict, skipp
              "batch it runs at: image encoder once at batch 1, denoiser at batch n x steps, decoder at batch "
              "n. 'of matmul': achieved GFLOP/s over the matmul rate. 'vs eager': the latency of the plain "
              "PyTorch pipeline (fp32, same weights and noise, same device) over the row's. Peak RSS: "
-             f"process-wide, {RSS_METHODS[rss]}.", "",
+             f"process-wide, {RSS_METHODS[rss]}. 'consensus vs first fp32': the fraction of pixels whose "
+             "consensus equals that of the config's first fp32 row at the same n (named), same seed. 'busy': "
+             "the same calls while competing programs keep every core busy (--busy K: K programs, one "
+             "process per core each); 'busy / quiet' is the ratio of the medians.", "",
              format_markdown_table(header, rows), ""]
     if baselines:
         lines += ["Plain PyTorch baselines (ms): 'per-sample' runs the whole pipeline once per sample (encoder, "

@@ -1,8 +1,12 @@
 """The benchmark harness (ldseg_rt.bench, `python -m ldseg_rt bench`): a row's record, the
 FLOP accounting against counts taken here independently, the eager baselines against the
 Segmenter, and the rewrite of RESULTS.md's generated section. No timing assertions."""
+import contextlib
 import json
 import math
+import multiprocessing
+import os
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from conftest import perturbed
 from ldseg_rt import Segmenter
 from ldseg_rt import bench as harness
 from ldseg_rt.backends.precision import cpu_has_bf16
+from ldseg_rt.bench import busy as busy_module
 from ldseg_rt.cli import main as cli_main
 from ldseg_rt.configs import get_config
 from ldseg_rt.diffusion.plan import sampling_plan
@@ -38,9 +43,12 @@ def expected_flops(model, n: int) -> int:
             + counted(model.decoder, z_t))
 
 
-def test_row_records_and_flops(small_model):
+def test_row_records_and_flops(small_model, monkeypatch):
+    entered = []
+    # The competing programs themselves are tested below; here only that rows are timed again among them.
+    monkeypatch.setattr(harness.harness, "busy", lambda k: entered.append(k) or contextlib.nullcontext())
     bench = harness.Bench(warmup=0, repeats=1, device="cpu", models={"small": small_model}, matmul_size=256,
-                          matmul_repeats=1)
+                          matmul_repeats=1, busy=2)
     try:
         records = [bench.row("small", backend, "fp32", 1) for backend in ("torch", "onnxruntime")]
     finally:
@@ -52,10 +60,36 @@ def test_row_records_and_flops(small_model):
         assert (record["config"], record["backend"], record["precision"], record["n"], record["steps"]) == \
             ("small", backend, "fp32", 1, 15)
         assert record["flops"] == flops
-        for key in harness.ROW_KEYS[5:]:
+        numbers = [k for k in harness.ROW_KEYS[5:] if k != "agreement_reference"]
+        for key in numbers:
             assert isinstance(record[key], (int, float)) and math.isfinite(record[key]) and record[key] > 0, key
+        assert record["busy_programs"] == 2 and record["busy_ratio"] == record["busy_latency_ms"] / record["latency_ms"]
         json.dumps(record)
+    # The first fp32 row is the reference; onnxruntime's consensus is torch's up to near-ties.
+    assert [(r["agreement_reference"], r["consensus_agreement"] == 1.0) for r in records] == \
+        [("torch fp32", True), ("torch fp32", records[1]["consensus_agreement"] == 1.0)]
+    assert records[1]["consensus_agreement"] >= 0.999
+    assert entered == [2, 2]
     assert set(bench.baselines) == {("small", 1, torch.device("cpu"))}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_busy_keeps_every_core_busy_and_stops(monkeypatch):
+    monkeypatch.setattr(busy_module, "SETTLE_S", 0.0)
+    cores = len(os.sched_getaffinity(0))
+    with busy_module.busy(2):
+        rivals = multiprocessing.active_children()
+        assert len(rivals) == 2 * cores and all(r.is_alive() for r in rivals)
+        time.sleep(1.0)
+        used = sum(cpu_seconds(r.pid) for r in rivals)
+    print(f"{len(rivals)} competitors used {used:.2f} CPU s in 1 s on {cores} cores")
+    assert used > 0.1 * cores  # they compute; a sleeping competitor would use ~0
+    assert multiprocessing.active_children() == [] and not any(r.is_alive() for r in rivals)
 
 
 def test_flops_scale_with_the_batch_each_network_runs_at(small_model):

@@ -87,7 +87,8 @@ def test_export_force_replaces_a_bundle_and_is_refused_without_it(small_model, t
     assert_one_line_error(capsys.readouterr().err, "already exists", "--force")
     assert (out / "old.bin").read_bytes() == b"old"  # untouched
 
-    export_main([str(ckpt), "--out", str(out), "--classes", "bg,c,d", "--check-batches", "1", "--force"])
+    export_main([str(ckpt), "--out", str(out), "--classes", "bg,c,d", "--check-batches", "1", "--force",
+                 "--bf16-agreement", "0"])
     assert load_bundle(out).manifest["classes"] == ["bg", "c", "d"]
     assert not (out / "old.bin").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.ldseg", "s.pt"]  # no temporary left

@@ -514,7 +514,8 @@ def test_refuses_a_damaged_file(tmp_path, checkpoint):
 def bundle(module_checkpoint, tmp_path_factory):
     """Exported as a user does: python -m ldseg_rt.export --from-ambdiffseg CKPT."""
     out = tmp_path_factory.mktemp("bundle") / "small.ldseg"
-    export_main(["--from-ambdiffseg", str(module_checkpoint), "--out", str(out), "--check-batches", "1,3"])
+    export_main(["--from-ambdiffseg", str(module_checkpoint), "--out", str(out), "--check-batches", "1,3",
+                 "--bf16-agreement", "0"])
     return load_bundle(out)
 
 

@@ -209,7 +209,8 @@ def test_wrong_shape_is_refused(tmp_path):
 
 def test_cli_bundle_runs_official_decoder(tmp_path, weights_dir, capsys):
     out = tmp_path / "glas512.ldseg"
-    export_main(["--from-keras", str(weights_dir), "--config", "glas512", "--out", str(out), "--check-batches", "1"])
+    export_main(["--from-keras", str(weights_dir), "--config", "glas512", "--out", str(out), "--check-batches", "1",
+                 "--bf16-agreement", "0"])
     assert "glas512" in capsys.readouterr().out
     assert load_bundle(out).manifest["preprocessing"]["mode"] == OFFICIAL
     segmenter = Segmenter(out, backend="onnxruntime", device="cpu")

@@ -61,7 +61,8 @@ def test_cli_trains_a_3d_model_on_nifti_volumes_and_exports_it(tmp_path, capsys)
               "--steps", "3", "--batch-size", "2", "--out", str(tmp_path / "m.pt")])
     assert "training small3d on 2 examples" in capsys.readouterr().out
     from ldseg_rt.export.__main__ import main as export_main
-    export_main([str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.ldseg"), "--check-batches", "1"])
+    export_main([str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.ldseg"), "--check-batches", "1",
+                 "--bf16-agreement", "0"])
     volume = (make_phantom_volume((40, 34, 60), 30)[0] * 800).astype(np.int16)
     onnx = Segmenter(tmp_path / "m.ldseg", backend="onnxruntime").sample(volume, n=2, seed=1)
     torch_ = Segmenter(tmp_path / "m.pt", backend="torch").sample(volume, n=2, seed=1)
