@@ -152,10 +152,10 @@ class Segmenter:
         return_samples=False keeps only probs, mask and uncertainty (samples is None), so the
         memory of the result does not grow with n.
 
-        n="auto" draws samples AUTO_CHUNK at a time, up to max_n, and stops once the result has
-        settled: after a chunk (from the AUTO_MIN_N-th sample on) that changed the consensus on at
-        most `tolerance` of the pixels and moved the uncertainty map by at most `tolerance` on
-        average. result.n says how many were drawn; with a seed they are the first result.n
+        n="auto" draws samples AUTO_CHUNK at a time (the first AUTO_MIN_N in one call), up to
+        max_n, and stops once the result has settled: after a chunk (from the AUTO_MIN_N-th
+        sample on) that changed the consensus on at most `tolerance` of the pixels and moved the
+        uncertainty map by at most `tolerance` on average. result.n says how many were drawn; with a seed they are the first result.n
         samples of any n, and a draw that reaches max_n unsettled says so in result.warnings."""
         if isinstance(n, str):
             if n != "auto":
@@ -207,25 +207,29 @@ class Segmenter:
         (p,), z_i = self._encode([img], clock)
         aggregator, chunks, previous = Aggregator(p.size, return_samples), [], None
         settled = changed = moved = None
-        for first in range(0, max_n, AUTO_CHUNK):
+        drawn = 0
+        while drawn < max_n and not settled:
+            # The first AUTO_MIN_N samples in one call (the rule cannot stop before them), then
+            # AUTO_CHUNK at a time; the rule looks at the result every AUTO_CHUNK samples.
             with clock.stage("sample"):
-                chunks.append(self.backend.sample_latents(z_i, [seed], min(AUTO_CHUNK, max_n - first), plan,
-                                                          first_sample=first))
-            self._decode(chunks[-1], aggregator, clock)
-            with clock.stage("postprocess"):
-                _, _, mask, uncertainty = aggregator.result()
-                if previous is not None and first + len(chunks[-1]) >= AUTO_MIN_N:
-                    changed = (mask != previous[0]).float().mean().item()
-                    moved = (uncertainty - previous[1]).abs().mean().item()
-                    settled = changed <= tolerance and moved <= tolerance
-                previous = (mask, uncertainty)
-            if settled:
-                break
+                chunks.append(self.backend.sample_latents(z_i, [seed], min(AUTO_MIN_N if not drawn else AUTO_CHUNK,
+                                                                           max_n - drawn), plan, first_sample=drawn))
+            for start in range(0, len(chunks[-1]), AUTO_CHUNK):
+                part = chunks[-1][start:start + AUTO_CHUNK]
+                self._decode(part, aggregator, clock)
+                drawn += len(part)
+                with clock.stage("postprocess"):
+                    _, _, mask, uncertainty = aggregator.result()
+                    if previous is not None and drawn >= AUTO_MIN_N:
+                        changed = (mask != previous[0]).float().mean().item()
+                        moved = (uncertainty - previous[1]).abs().mean().item()
+                        settled = changed <= tolerance and moved <= tolerance
+                    previous = (mask, uncertainty)
         with clock.stage("postprocess"):
             result = self._result(p, aggregator, np.concatenate(chunks), seed)
         if settled is False:  # compared, and never settled
             result.warnings.append(f"n='auto' drew max_n={max_n} samples before the result settled (the last "
-                                   f"{len(chunks[-1])} changed the consensus on {changed:.2%} of the pixels and the "
+                                   f"{len(part)} changed the consensus on {changed:.2%} of the pixels and the "
                                    f"uncertainty by {moved:.4f} on average; tolerance {tolerance}): raise max_n "
                                    "or the tolerance")
         clock.ms["total"] = (time.perf_counter() - total) * 1e3

@@ -35,10 +35,22 @@ def amb_model(request):
 
 
 def test_samples_follow_the_float64_oracle(amb_model, rng):
+    """n=6 on a CPU: the U-Net takes the rows 4 at a time (faster per sample than all at once),
+    and the samples are still the oracle's."""
     cfg = amb_model.config
     case = make_ambiguous_case(cfg.image_size, int(rng.integers(10 ** 6)))
-    seed, n = int(rng.integers(2 ** 63)), 3
-    result = Segmenter(amb_model, backend="torch", device="cpu").sample(case.image, n=n, seed=seed)
+    seed, n = int(rng.integers(2 ** 63)), 6
+    segmenter, batches = Segmenter(amb_model, backend="torch", device="cpu"), []
+    run = segmenter.backend.run
+
+    def recorded(network, *arrays):
+        if network == "denoiser":
+            batches.append(len(arrays[0]))
+        return run(network, *arrays)
+
+    segmenter.backend.run = recorded
+    result = segmenter.sample(case.image, n=n, seed=seed)
+    assert batches == [4, 2] * cfg.steps
     condition = torch.from_numpy(np.repeat(prepare(case.image, cfg).pixels[None], n, axis=0))
 
     def denoise(z, t):

@@ -15,6 +15,11 @@ NETWORKS = ("image_encoder", "denoiser", "decoder")
 # and 0.45 s per sample at batch 1, 4 and 16, so a small batch costs nothing and keeps the
 # decoder's working set (0.5 GB per 32-channel 512x512 activation at batch 16) small.
 CPU_DECODE_BATCH = 4
+# Rows per denoiser call on a CPU for the pixel-space family, whose U-Net works at the image's
+# size: per sample it is slower at batch 16 than at 1 or 4 (amb128, ms per sample at batch
+# 1/4/16: torch 148/147/179, onnxruntime 91/93/99, openvino 114/116/130). LDSeg's denoiser on
+# 32x32 latents is fastest at 16 (glas512, torch 16.4/7.9/5.1 ms), so it takes every row at once.
+CPU_PIXEL_DENOISE_BATCH = 4
 # A volume's decoder works on millions of voxels per sample (0.5 GB per 32-channel activation
 # of a 128x128x256 knee volume): fewer samples per call, so that a call stays within about
 # what CPU_DECODE_BATCH 512x512 images take on a CPU, and 16 of them on a GPU.
@@ -33,7 +38,17 @@ class Backend:
         return self.run("image_encoder", images)
 
     def denoise(self, z_t: np.ndarray, z_i: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return self.run("denoiser", z_t, z_i, t)
+        batch = self.denoise_batch
+        if batch is None or len(z_t) <= batch:
+            return self.run("denoiser", z_t, z_i, t)
+        return np.concatenate([self.run("denoiser", z_t[s:s + batch], z_i[s:s + batch], t[s:s + batch])
+                               for s in range(0, len(z_t), batch)])
+
+    @property
+    def denoise_batch(self) -> int | None:
+        """Rows per denoiser call: all of them (None), except the pixel-space U-Net on a CPU."""
+        on_cpu = self.device.type == "cpu"
+        return CPU_PIXEL_DENOISE_BATCH if on_cpu and self.config.family == "ambiguous" else None
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         return self.run("decoder", z)
