@@ -8,6 +8,7 @@ import torch
 
 from ldseg_rt import Segmenter
 from ldseg_rt.backends import choose_backend, openvino_available
+from ldseg_rt.bundle import Bundle
 from ldseg_rt.data.phantoms import make_phantom
 from ldseg_rt.errors import BackendError, BundleError
 
@@ -60,6 +61,8 @@ def test_auto_and_the_choice_is_visible(builtin_bundle, small_model):
     on_cpu = Segmenter(builtin_bundle.path, device="cpu")
     assert (on_cpu.backend_name, on_cpu.precision) == (fastest, "fp32")
     assert Segmenter("builtin:phantom", device="cpu").backend_name == "torch"
+    pixel_space = Bundle(builtin_bundle.path, {**builtin_bundle.manifest, "family": "ambiguous"}, {})
+    assert choose_backend(pixel_space, cpu) == "onnxruntime"  # openvino ran its U-Net slower
     gpu = torch.device("cuda")
     assert choose_backend(small_model, gpu) == "torch"
     assert choose_backend(builtin_bundle, gpu) in ("tensorrt", "torch")
