@@ -44,7 +44,10 @@ def random_images(config, count: int, rng: np.random.Generator) -> list[np.ndarr
     """Smoothed noise in [0, 255] of the model's input size, in the form Segmenter.sample takes:
     (H, W[, C]) images, (X, Y, Z) volumes."""
     shape = tuple(config.image_shape)
-    shape = shape[::-1] if config.spatial_dims == 3 else shape + ((config.in_channels,) if config.in_channels > 1 else ())
+    if config.spatial_dims == 3:
+        shape = shape[::-1]
+    elif config.in_channels > 1:
+        shape += (config.in_channels,)
     sigma = [max(s / 32, 1.0) for s in shape[:config.spatial_dims]] + [0.0] * (len(shape) - config.spatial_dims)
     images = []
     for _ in range(count):

@@ -155,8 +155,9 @@ class Segmenter:
         n="auto" draws samples AUTO_CHUNK at a time (the first AUTO_MIN_N in one call), up to
         max_n, and stops once the result has settled: after a chunk (from the AUTO_MIN_N-th
         sample on) that changed the consensus on at most `tolerance` of the pixels and moved the
-        uncertainty map by at most `tolerance` on average. result.n says how many were drawn; with a seed they are the first result.n
-        samples of any n, and a draw that reaches max_n unsettled says so in result.warnings."""
+        uncertainty map by at most `tolerance` on average. result.n says how many were drawn;
+        with a seed they are the first result.n samples of any n, and a draw that reaches max_n
+        unsettled says so in result.warnings."""
         if isinstance(n, str):
             if n != "auto":
                 raise InvalidArgumentError(f"n must be a positive integer or 'auto', got {n!r}")
