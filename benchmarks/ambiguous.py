@@ -1,5 +1,5 @@
 """The ambiguous-segmentation paper's finding, reproduced small on synthetic lesions whose
-annotation distribution is known (ldseg_rt.data.ambiguous): x-prediction with input
+annotation distribution is known (ldseg_rt.data.ambiguous_lesions): x-prediction with input
 scale b = 0.1 against eps-prediction with b = 1 at the same training budget, next to the
 oracle (samples drawn from the true distribution) and a deterministic U-Net (one mask per
 image). GED and HM-IoU of N samples against M annotations, mean over held-out images.
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ldseg_rt import Segmenter
 from ldseg_rt.configs import get_config
-from ldseg_rt.data.ambiguous import AmbiguousDataset
+from ldseg_rt.data.ambiguous_lesions import AmbiguousDataset
 from ldseg_rt.evaluation.distribution import score_samples
 from ldseg_rt.models.checkpoint import load_checkpoint, save_inference_checkpoint
 from ldseg_rt.pipeline.preprocess import prepare

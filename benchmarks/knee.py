@@ -12,7 +12,7 @@ from pathlib import Path
 from ldseg_rt import Segmenter
 from ldseg_rt.configs import get_config
 from ldseg_rt.evaluation.scoring import evaluate
-from ldseg_rt.io.volumes import read_volume, volume_slices
+from ldseg_rt.io.nifti import read_volume, volume_slices
 from ldseg_rt.training.dataset import volume_data
 from ldseg_rt.training.trainer import Trainer, TrainSettings
 

@@ -31,7 +31,7 @@ from ldseg_rt.configs import get_config
 from ldseg_rt.evaluation.scoring import evaluate
 from ldseg_rt.export import export_bundle
 from ldseg_rt.export.keras_weights import keras_files, load_keras_model
-from ldseg_rt.io.volumes import read_volume
+from ldseg_rt.io.nifti import read_volume
 from ldseg_rt.models.checkpoint import load_checkpoint
 from ldseg_rt.training.dataset import build_dataset
 from ldseg_rt.training.trainer import Trainer, TrainSettings

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from ldseg_rt.io.volume import LPS_TO_RAS
-from ldseg_rt.io.volumes import read_nifti
+from ldseg_rt.io.nifti import read_nifti
 
 KNEE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ldseg-demo" / "Knee"
 

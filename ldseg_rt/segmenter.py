@@ -22,7 +22,7 @@ from .models import build_model
 from .models.checkpoint import BUILTIN_DIR, load_model
 from .pipeline.aggregate import Aggregator
 from .pipeline.preprocess import ROBUST, Prepared, prepare, spatial_size
-from .pipeline.volumes import DEFAULT_MAX_BATCH, VolumeResult, segment_volume
+from .pipeline.slicing import DEFAULT_MAX_BATCH, VolumeResult, segment_volume
 
 SEED_LIMIT = 2 ** 64
 MAX_STEPS = 1000  # both families' schedules are defined on at most 1000 distinct times

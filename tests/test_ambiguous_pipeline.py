@@ -10,7 +10,7 @@ from conftest import perturbed
 from ldseg_rt import Segmenter
 from ldseg_rt.bundle import load_bundle
 from ldseg_rt.configs import get_config
-from ldseg_rt.data.ambiguous import make_ambiguous_case
+from ldseg_rt.data.ambiguous_lesions import make_ambiguous_case
 from ldseg_rt.diffusion.oracle import reference_sample
 from ldseg_rt.diffusion.pixel_schedule import pixel_table
 from ldseg_rt.export import export_bundle
@@ -112,7 +112,7 @@ def test_family_specific_data_errors():
 
 def test_evaluation_scores_each_case_against_its_annotations(amb_model, tmp_path, capsys):
     from ldseg_rt.cli import main
-    from ldseg_rt.data.ambiguous import AmbiguousDataset
+    from ldseg_rt.data.ambiguous_lesions import AmbiguousDataset
     from ldseg_rt.evaluation.distribution import score_samples
     from ldseg_rt.evaluation.metrics import ged, hm_iou
     cases = AmbiguousDataset.evaluation(amb_model.config.image_size, count=3, annotators=4)

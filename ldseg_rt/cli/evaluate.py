@@ -10,7 +10,7 @@ def run_evaluate(args) -> None:
     seg = Segmenter(args.model)
     cfg = seg.config
     if cfg.family == "ambiguous":
-        from ..data.ambiguous import AmbiguousDataset
+        from ..data.ambiguous_lesions import AmbiguousDataset
         from ..evaluation.distribution import evaluate_segmenter
         cases = AmbiguousDataset.evaluation(cfg.image_size, count=args.images, annotators=args.annotators)
         print(f"{args.model}: {args.images} held-out ambiguous cases, N={args.n} samples vs "

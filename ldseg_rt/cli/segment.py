@@ -2,7 +2,7 @@
 (DICOM series, NIfTI volumes, 2-D images; ldseg_rt.io.cases) and write each case's results,
 whole and atomically, to OUT/<case>/ (ldseg_rt.io.results). A case that fails is reported in
 one line and the batch goes on; the exit status is 1 if any case failed. With --ray the same
-per-case work (ldseg_rt.io.batch) runs on Ray Data actors (ldseg_rt.distributed)."""
+per-case work (ldseg_rt.workflow) runs on Ray Data actors (ldseg_rt.distributed)."""
 from __future__ import annotations
 
 import logging
@@ -26,7 +26,7 @@ def _print_table(rows) -> int:
 
 
 def _options(args):
-    from ..io.batch import SegmentOptions
+    from ..workflow import SegmentOptions
     from ..io.results import parse_formats
     return SegmentOptions(n=args.n, steps=args.steps, axis=args.axis, max_batch=args.max_batch, samples=args.samples,
                           formats=parse_formats(args.format) if args.format else None)
@@ -57,7 +57,7 @@ def run(args) -> None:
         raise InvalidArgumentError(f"output {args.out!r} is a URI: object stores are written by --ray runs only; "
                                    "give a folder")
     from .. import Segmenter
-    from ..io.batch import finished, read_record, segment_case, skipped_outcome
+    from ..workflow import finished, read_record, segment_case, skipped_outcome
     from ..io.cases import find_cases
     from ..io.dicom_series import SeriesRule
     from ..io.results import algorithm_identity

@@ -7,7 +7,7 @@ not import it; `segment_on_ray` says clearly when it is missing.
     from ldseg_rt.distributed import segment_on_ray
     report = segment_on_ray(["cases.csv"], "model.ldseg", "out/", workers=2)
 """
-from .batch import RayBatchReport, import_ray, segment_on_ray
+from .driver import RayBatchReport, import_ray, segment_on_ray
 from .worker import CaseWorker
 
 __all__ = ["segment_on_ray", "RayBatchReport", "CaseWorker", "import_ray"]

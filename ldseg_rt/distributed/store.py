@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError
 from ..io.atomic import check_writable, replacing
-from ..io.batch import finished, read_record
+from ..workflow import finished, read_record
 from ..io.results import SIDECAR
 
 

@@ -1,7 +1,7 @@
 """The stateful class Ray Data runs as an actor pool (`map_batches(CaseWorker, ...)`): each actor
 loads the model once, in __init__, and then takes cases one at a time through the per-case
-function `segment` runs (ldseg_rt.io.batch.segment_case), writing each case's results to OUT
-itself. Imports nothing of Ray: the driver (ldseg_rt.distributed.batch) hands it to Ray.
+function `segment` runs (ldseg_rt.workflow.segment_case), writing each case's results to OUT
+itself. Imports nothing of Ray: the driver (ldseg_rt.distributed.driver) hands it to Ray.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LdsegError
-from ..io.batch import CaseOutcome, SegmentOptions, segment_case
+from ..workflow import CaseOutcome, SegmentOptions, segment_case
 from ..io.cases import Case
 from .store import open_output
 

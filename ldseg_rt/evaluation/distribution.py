@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from ..data.ambiguous import AmbiguousDataset
+from ..data.ambiguous_lesions import AmbiguousDataset
 from .metrics import ged, hm_iou, ncc
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import DatasetError
 from .files import IMAGE_SUFFIXES, file_suffix
 from .volume import Volume
-from .volumes import NIFTI_SUFFIXES
+from .nifti import NIFTI_SUFFIXES
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -98,7 +98,7 @@ def read_case(case: Case, rule=None) -> np.ndarray | Volume:
     """The case's pixels: a 2-D image (H, W[, C]) or a Volume. rule: the series selection rule
     for a folder holding several DICOM series."""
     if case.kind == "nifti":
-        from .volumes import read_nifti
+        from .nifti import read_nifti
         return read_nifti(case.path)
     if case.kind == "image":
         from .images import read_image

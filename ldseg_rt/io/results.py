@@ -69,7 +69,7 @@ def _arrays(result) -> dict[str, np.ndarray]:
 
 
 def _write_volume(folder: Path, result, formats, class_names, algorithm, skipped: list) -> None:
-    from .volumes import write_nifti
+    from .nifti import write_nifti
     volume: Volume = result.volume
     if "nifti" in formats:
         for name, array in _arrays(result).items():

@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import Segmenter
 from ..io.dicom_series import SeriesRule
 from .config import ServeConfig
-from .metrics import Metrics
+from .prometheus import Metrics
 from .work import WorkQueue
 
 log = logging.getLogger(__name__)

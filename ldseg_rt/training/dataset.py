@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..configs import OFFICIAL, ROBUST, LDSegConfig
-from ..data.ambiguous import TRAIN_SEEDS, AmbiguousDataset
+from ..data.ambiguous_lesions import TRAIN_SEEDS, AmbiguousDataset
 from ..data.phantom_volumes import make_phantom_volume
 from ..data.phantoms import NUM_CLASSES, make_phantom
 from ..errors import DatasetError
 from ..io.images import read_image, read_label
 from ..io.pairs import find_pairs
-from ..io.volumes import NIFTI_SUFFIXES, read_volume, volume_slices
+from ..io.nifti import NIFTI_SUFFIXES, read_volume, volume_slices
 from ..pipeline.preprocess import prepare, resize_nearest
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def whole_volume_data(cfg: LDSegConfig, pairs, mode: str = ROBUST) -> list:
 
 
 class AmbiguousSyntheticData:
-    """Synthetic ambiguous lesions (ldseg_rt.data.ambiguous) from its training seeds, each
+    """Synthetic ambiguous lesions (ldseg_rt.data.ambiguous_lesions) from its training seeds, each
     image with its fixed annotations; the trainer picks one per step."""
 
     def __init__(self, cfg, count: int = 100_000, annotators: int = 4):

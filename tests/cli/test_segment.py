@@ -10,7 +10,7 @@ import pytest
 from ldseg_rt import Segmenter
 from ldseg_rt.cli import main
 from ldseg_rt.io.images import read_image, write_png
-from ldseg_rt.io.volumes import read_nifti
+from ldseg_rt.io.nifti import read_nifti
 from ldseg_rt.models.checkpoint import save_checkpoint
 
 

@@ -1,10 +1,10 @@
-"""ldseg_rt.data.ambiguous: seeded cases whose annotation distribution is known."""
+"""ldseg_rt.data.ambiguous_lesions: seeded cases whose annotation distribution is known."""
 import math
 
 import numpy as np
 import pytest
 
-from ldseg_rt.data.ambiguous import (EVAL_SEEDS, MISS_PROBABILITY, TRAIN_SEEDS, AmbiguousCase, AmbiguousDataset,
+from ldseg_rt.data.ambiguous_lesions import (EVAL_SEEDS, MISS_PROBABILITY, TRAIN_SEEDS, AmbiguousCase, AmbiguousDataset,
                                      make_ambiguous_case)
 from ldseg_rt.errors import InvalidArgumentError
 

@@ -17,7 +17,7 @@ import ray
 from distributed_cases import FLAGS, MODEL, assert_exactly_once, files_sha256, write_cases
 from ldseg_rt.cli import main
 from ldseg_rt.distributed import CaseWorker, segment_on_ray
-from ldseg_rt.io.batch import SegmentOptions
+from ldseg_rt.workflow import SegmentOptions
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own, of its own fields
 OPTIONS = SegmentOptions(n=2, steps=4, progress=False)  # FLAGS as options; --seed 11 below
@@ -65,8 +65,8 @@ def killing_worker(marker: Path, victim: str, every_time: bool = False):
     class KillingWorker(CaseWorker):
         def run(self, case, seed):
             if case.name == victim and (every_time or not marker.exists()):
-                import ldseg_rt.io.volumes as volumes
-                write_nifti = volumes.write_nifti
+                import ldseg_rt.io.nifti as nifti
+                write_nifti = nifti.write_nifti
 
                 def write_then_die(path, array, like):
                     write_nifti(path, array, like)
@@ -74,7 +74,7 @@ def killing_worker(marker: Path, victim: str, every_time: bool = False):
                         f.write(f"{os.getpid()}\n")
                     os.kill(os.getpid(), signal.SIGKILL)
 
-                volumes.write_nifti = write_then_die
+                nifti.write_nifti = write_then_die
             return super().run(case, seed)
     return KillingWorker
 

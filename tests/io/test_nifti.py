@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ldseg_rt.errors import InvalidArgumentError, InvalidImageError
-from ldseg_rt.io import volumes
+from ldseg_rt.io import nifti
 from ldseg_rt.io.volume import Volume
 
 
@@ -24,12 +24,12 @@ def test_round_trip_keeps_every_voxel_at_its_point(tmp_path, rng, flip):
     affine = oblique(rng, flip)
     data = rng.integers(-1000, 1000, (9, 7, 5)).astype(np.int16)
     nib.save(nib.Nifti1Image(data, affine), tmp_path / "in.nii.gz")
-    volume = volumes.read_nifti(tmp_path / "in.nii.gz")
+    volume = nifti.read_nifti(tmp_path / "in.nii.gz")
     np.testing.assert_allclose(volume.affine, affine, rtol=0, atol=1e-4)  # the file stores float32
     np.testing.assert_array_equal(volume.array, data)
     labels = (volume.array > 0).astype(np.uint8)
-    volumes.write_nifti(tmp_path / "out.nii.gz", labels, volume)
-    volumes.write_nifti(tmp_path / "out.nii", labels, volume)
+    nifti.write_nifti(tmp_path / "out.nii.gz", labels, volume)
+    nifti.write_nifti(tmp_path / "out.nii", labels, volume)
     for name in ("out.nii.gz", "out.nii"):
         back = nib.load(tmp_path / name)
         np.testing.assert_array_equal(back.affine, volume.affine)
@@ -43,16 +43,16 @@ def test_round_trip_keeps_every_voxel_at_its_point(tmp_path, rng, flip):
 def test_class_axis_goes_last_as_nifti_stores_it(tmp_path, rng):
     volume = Volume(rng.random((4, 5, 6)).astype(np.float32), np.diag([2.0, 2.0, 3.0, 1.0]))
     probs = rng.random((3, 4, 5, 6)).astype(np.float32)
-    volumes.write_nifti(tmp_path / "probs.nii.gz", probs, volume)
+    nifti.write_nifti(tmp_path / "probs.nii.gz", probs, volume)
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "probs.nii.gz").dataobj), np.moveaxis(probs, 0, -1))
 
 
 def test_bad_writes_leave_nothing(tmp_path, rng):
     volume = Volume(rng.random((4, 5, 6)).astype(np.float32), np.eye(4))
     with pytest.raises(InvalidArgumentError, match="does not end in the volume's grid"):
-        volumes.write_nifti(tmp_path / "x.nii.gz", np.zeros((4, 5, 7)), volume)
+        nifti.write_nifti(tmp_path / "x.nii.gz", np.zeros((4, 5, 7)), volume)
     with pytest.raises(InvalidArgumentError, match=".nii or .nii.gz"):
-        volumes.write_nifti(tmp_path / "x.png", np.zeros((4, 5, 6)), volume)
+        nifti.write_nifti(tmp_path / "x.png", np.zeros((4, 5, 6)), volume)
     with pytest.raises(InvalidImageError, match="invertible"):
         Volume(np.zeros((2, 2, 2)), np.zeros((4, 4)))
     assert list(tmp_path.iterdir()) == []

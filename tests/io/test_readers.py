@@ -12,7 +12,7 @@ from PIL import Image
 from ldseg_rt.errors import DatasetError, ImageTypeError, InvalidImageError
 from ldseg_rt.io import images
 from ldseg_rt.io import pairs as pairing
-from ldseg_rt.io import volumes
+from ldseg_rt.io import nifti
 
 DEMO = Path(__file__).resolve().parents[3] / "shared" / "data" / "ldseg-demo"
 
@@ -149,7 +149,7 @@ def test_nifti_round_trip_with_spacing(tmp_path, rng, suffix, dtype):
     data = random_pixels(rng, dtype, (7, 9, 5))
     spacing = (0.5, 0.8, 2.5)
     save_nifti(tmp_path / f"vol{suffix}", data, spacing)
-    back, back_spacing = volumes.read_volume(tmp_path / f"vol{suffix}")
+    back, back_spacing = nifti.read_volume(tmp_path / f"vol{suffix}")
     assert back.dtype == dtype and back.shape == data.shape
     np.testing.assert_array_equal(back, data)
     np.testing.assert_allclose(back_spacing, spacing, rtol=1e-6)
@@ -159,7 +159,7 @@ def test_nifti_round_trip_with_spacing(tmp_path, rng, suffix, dtype):
 def test_npy_volume_has_unit_spacing(tmp_path, rng):
     data = random_pixels(rng, np.float32, (4, 5, 6))
     np.save(tmp_path / "vol.npy", data)
-    back, spacing = volumes.read_volume(tmp_path / "vol.npy")
+    back, spacing = nifti.read_volume(tmp_path / "vol.npy")
     np.testing.assert_array_equal(back, data)
     assert spacing == (1.0, 1.0, 1.0)
 
@@ -172,13 +172,13 @@ def test_volume_must_be_3d(tmp_path, name, shape):
     else:
         save_nifti(tmp_path / name, data, (1.0,) * len(shape))
     with pytest.raises(InvalidImageError, match=f"{name}: volume must be 3-D"):
-        volumes.read_volume(tmp_path / name)
+        nifti.read_volume(tmp_path / name)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
 def test_volume_slices(rng, axis):
     volume = random_pixels(rng, np.int16, (4, 5, 6))
-    slices = volumes.volume_slices(volume, axis)
+    slices = nifti.volume_slices(volume, axis)
     assert len(slices) == volume.shape[axis]
     for i, s in enumerate(slices):
         assert s.ndim == 2
@@ -187,9 +187,9 @@ def test_volume_slices(rng, axis):
 
 def test_volume_slices_bad_input():
     with pytest.raises(ValueError, match="axis must be"):
-        volumes.volume_slices(np.zeros((2, 3, 4)), axis=3)
+        nifti.volume_slices(np.zeros((2, 3, 4)), axis=3)
     with pytest.raises(ValueError, match="must be 3-D"):
-        volumes.volume_slices(np.zeros((2, 3)))
+        nifti.volume_slices(np.zeros((2, 3)))
 
 
 # --- pairing ------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_find_pairs_empty_and_missing_directories(tmp_path):
 
 # --- bad files ----------------------------------------------------------------------------
 
-READERS = [images.read_image, images.read_label, volumes.read_volume]
+READERS = [images.read_image, images.read_label, nifti.read_volume]
 
 
 @pytest.mark.parametrize("reader", READERS)
@@ -259,7 +259,7 @@ def test_missing_file(tmp_path, reader):
 
 
 @pytest.mark.parametrize("reader,name", [(images.read_image, "img.jpg"), (images.read_label, "label.txt"),
-                                         (images.read_image, "vol.nii.gz"), (volumes.read_volume, "vol.png")])
+                                         (images.read_image, "vol.nii.gz"), (nifti.read_volume, "vol.png")])
 def test_unsupported_extension(tmp_path, reader, name):
     (tmp_path / name).write_bytes(b"whatever")
     with pytest.raises(InvalidImageError, match=f"{name}: unsupported .* format"):
@@ -283,7 +283,7 @@ def test_corrupt_file(tmp_path, rng, name, contents):
         else:
             Image.fromarray(pixels).save(path)
         path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
-    reader = volumes.read_volume if name.startswith("vol") else images.read_image
+    reader = nifti.read_volume if name.startswith("vol") else images.read_image
     with pytest.raises(InvalidImageError, match=f"{name}: cannot read"):
         reader(path)
 
@@ -298,7 +298,7 @@ def test_contents_must_match_extension(tmp_path, rng):
 def test_gzip_that_is_not_nifti(tmp_path):
     (tmp_path / "vol.nii.gz").write_bytes(gzip.compress(b"not a nifti header" * 50))
     with pytest.raises(InvalidImageError, match="vol.nii.gz: cannot read"):
-        volumes.read_volume(tmp_path / "vol.nii.gz")
+        nifti.read_volume(tmp_path / "vol.nii.gz")
 
 
 @pytest.mark.parametrize("array,error,match", [
@@ -394,13 +394,13 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch, where, patch):
 
 @pytest.mark.skipif(not DEMO.is_dir(), reason=f"demo data not found at {DEMO}")
 def test_demo_data():
-    knee, spacing = volumes.read_volume(DEMO / "Knee" / "Image" / "Case1.nii.gz")
-    knee_label, label_spacing = volumes.read_volume(DEMO / "Knee" / "Label" / "Case1_label.nii.gz")
+    knee, spacing = nifti.read_volume(DEMO / "Knee" / "Image" / "Case1.nii.gz")
+    knee_label, label_spacing = nifti.read_volume(DEMO / "Knee" / "Label" / "Case1_label.nii.gz")
     assert knee.shape == knee_label.shape == (240, 104, 160)
     assert np.issubdtype(knee.dtype, np.integer) and np.issubdtype(knee_label.dtype, np.integer)
     assert spacing == label_spacing == (1.0, 1.0, 1.0)
     assert set(np.unique(knee_label).tolist()) == {0, 1, 2}
-    assert len(volumes.volume_slices(knee)) == 160
+    assert len(nifti.volume_slices(knee)) == 160
 
     glas = images.read_image(DEMO / "GlaS" / "Image" / "Case1.bmp")
     glas_label = images.read_label(DEMO / "GlaS" / "Label" / "Case1_label.bmp")

@@ -19,7 +19,7 @@ from ldseg_rt.errors import InvalidArgumentError
 from ldseg_rt.io.dicom_series import SeriesRule, read_dicom_series
 from ldseg_rt.serve.delivery import Destination
 from ldseg_rt.serve.dicom_node import DicomNode
-from ldseg_rt.serve.metrics import Metrics
+from ldseg_rt.serve.prometheus import Metrics
 from ldseg_rt.serve.spool import Spool, idempotency_key
 from ldseg_rt.serve.work import WorkQueue
 

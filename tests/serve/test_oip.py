@@ -19,7 +19,7 @@ import ldseg_rt
 from ldseg_rt import Segmenter
 from ldseg_rt.errors import InvalidImageError
 from ldseg_rt.serve.http_server import HttpServer
-from ldseg_rt.serve.metrics import Metrics
+from ldseg_rt.serve.prometheus import Metrics
 from ldseg_rt.serve.oip import create_app
 from ldseg_rt.serve.work import WorkQueue
 

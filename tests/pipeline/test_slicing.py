@@ -7,7 +7,7 @@ import pytest
 from ldseg_rt import Segmenter
 from ldseg_rt.errors import InvalidArgumentError
 from ldseg_rt.io.volume import Volume
-from ldseg_rt.pipeline.volumes import slice_seed
+from ldseg_rt.pipeline.slicing import slice_seed
 
 
 @pytest.fixture(scope="module")

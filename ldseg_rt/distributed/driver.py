@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from ..errors import BackendError, InvalidArgumentError, ModelLoadError
-from ..io.batch import STAGES, CaseOutcome, SegmentOptions, skipped_outcome
+from ..workflow import STAGES, CaseOutcome, SegmentOptions, skipped_outcome
 from ..io.cases import find_cases
 from .store import open_output
 from .worker import CaseWorker

@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LdsegError
-from .cases import Case, read_case
-from .results import SIDECAR, algorithm_identity, default_formats, is_complete, reproduction_record, write_case
-from .volume import Volume
+from .errors import LdsegError
+from .io.cases import Case, read_case
+from .io.results import SIDECAR, algorithm_identity, default_formats, is_complete, reproduction_record, write_case
+from .io.volume import Volume
 
 # The stages a case's time is split into: reading, the Segmenter's own stages, writing.
 STAGES = ("read", "preprocess", "encode", "sample", "decode", "postprocess", "write")
