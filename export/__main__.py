@@ -20,6 +20,8 @@ from .ambdiffseg_weights import load_ambdiffseg_model
 from .exporter import CHECK_BATCHES, TOLERANCE, export_bundle
 from .keras_weights import load_keras_model
 
+BF16_IMAGES_2D = 2  # random images whose bf16 agreement an image model's export measures by default
+
 
 def _batches(text: str) -> tuple[int, ...]:
     try:
@@ -47,12 +49,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help=f"bundle folder to write (default: the model's name + {SUFFIX})")
     parser.add_argument("--classes", help="comma-separated class names, background first")
     parser.add_argument("--check-batches", type=_batches, default=CHECK_BATCHES,
-                        help="batch sizes at which each graph is compared with PyTorch (default 1,16,32)")
+                        help="batch sizes at which each graph is compared with PyTorch (default "
+                             f"{','.join(map(str, CHECK_BATCHES))})")
     parser.add_argument("--bf16-agreement", type=int, metavar="K",
                         help="measure how often a bf16 run's consensus agrees with fp32's on K random images "
                              "(and the --examples) and record it: precision='auto' runs bf16 only where it is at "
-                             f"least {BF16_MIN_AGREEMENT:.1%}; 0 skips (default: 4 for image models, 0 for volume "
-                             "models, whose runs take minutes each)")
+                             f"least {100 * BF16_MIN_AGREEMENT:g}%%; 0 skips (default: {BF16_IMAGES_2D} for image models, "
+                             "0 for volume models, whose runs take minutes each)")
     parser.add_argument("--examples", nargs="+", metavar="CASE", default=[],
                         help="images (volumes) the model is meant for, measured too (files, folders, DICOM series)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle")
@@ -82,7 +85,7 @@ def _run(args) -> None:
         model = load_model(engine)
     random_images = args.bf16_agreement
     if random_images is None:
-        random_images = 2 if model.config.spatial_dims == 2 else 0
+        random_images = BF16_IMAGES_2D if model.config.spatial_dims == 2 else 0
     if random_images < 0:
         raise InvalidArgumentError(f"--bf16-agreement must be >= 0, got {random_images}")
     examples = [_pixels(read_case(case)) for case in find_cases(args.examples)]

@@ -14,12 +14,18 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from .configs import CONFIGS, LDSegConfig, get_config  # noqa: E402
-from .errors import (BackendError, ConfigError, DeviceError, ImageTypeError, InvalidArgumentError, InvalidImageError,
-                     LdsegError, ModelLoadError)
+from .errors import (BackendError, BundleError, ConfigError, DatasetError, DeviceError, ExportError, ImageTypeError,
+                     InvalidArgumentError, InvalidImageError, LdsegError, ModelLoadError, SeriesNotSelectedError,
+                     ServiceBusyError)
+from .options import EngineOptions, RayOptions, SampleOptions, SegmentOptions, VolumeOptions
+from .pipeline.slicing import VolumeResult
 from .segmenter import SampleResult, Segmenter
 
 __version__ = "0.1.0"
 
-__all__ = ["Segmenter", "SampleResult", "LDSegConfig", "CONFIGS", "get_config", "LdsegError",
-           "InvalidImageError", "ImageTypeError", "InvalidArgumentError", "BackendError",
-           "DeviceError", "ModelLoadError", "ConfigError"]
+__all__ = ["Segmenter", "SampleResult", "VolumeResult",
+           "EngineOptions", "SampleOptions", "VolumeOptions", "SegmentOptions", "RayOptions",
+           "LDSegConfig", "CONFIGS", "get_config",
+           "LdsegError", "InvalidImageError", "ImageTypeError", "InvalidArgumentError", "BackendError", "DeviceError",
+           "ModelLoadError", "BundleError", "ConfigError", "DatasetError", "SeriesNotSelectedError", "ExportError",
+           "ServiceBusyError"]

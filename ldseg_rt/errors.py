@@ -40,6 +40,10 @@ class DatasetError(LdsegError, ValueError):
     """An image or label folder cannot be paired (missing, empty, unmatched or ambiguous files)."""
 
 
+class SeriesNotSelectedError(DatasetError):
+    """No DICOM series in a folder matches the series rule: the case is skipped, not failed."""
+
+
 class BundleError(ModelLoadError):
     """A bundle is corrupt, incomplete, or written by an incompatible format version."""
 

@@ -3,8 +3,6 @@ consensus and a per-pixel uncertainty map."""
 from __future__ import annotations
 
 import hashlib
-import numbers
-import secrets
 import tempfile
 import time
 from contextlib import contextmanager
@@ -18,17 +16,18 @@ from .bundle import DIGEST, SUFFIX, Bundle, is_bundle, load_bundle
 from .configs import get_config
 from .diffusion.plan import SamplingPlan, sampling_plan
 from .errors import InvalidArgumentError
+from .memory import check_memory, sample_bytes_per_pixel
 from .models import build_model
 from .models.checkpoint import BUILTIN_DIR, load_model
+from .options import EngineOptions, SampleOptions, VolumeOptions
 from .pipeline.aggregate import Aggregator
 from .pipeline.preprocess import ROBUST, Prepared, prepare, spatial_size
-from .pipeline.slicing import DEFAULT_MAX_BATCH, VolumeResult, segment_volume
+from .pipeline.slicing import VolumeResult, segment_volume
+from .seeds import check_seed, resolve_seed
 
-SEED_LIMIT = 2 ** 64
 MAX_STEPS = 1000  # both families' schedules are defined on at most 1000 distinct times
-DEFAULT_MEMORY_LIMIT = 8 * 2 ** 30  # bytes of results one sample() call may build; Segmenter(memory_limit=...)
-# sample(n="auto"): samples drawn per round, the fewest drawn, and the defaults of max_n and tolerance.
-AUTO_CHUNK, AUTO_MIN_N, AUTO_MAX_N, AUTO_TOLERANCE = 4, 8, 32, 0.005
+# sample(n="auto"): samples drawn per round, and the fewest drawn.
+AUTO_CHUNK, AUTO_MIN_N = 4, 8
 
 
 @dataclass
@@ -43,22 +42,6 @@ class SampleResult:
     n: int  # how many samples were drawn (n="auto" decides it)
     timings: dict = field(default_factory=dict)  # ms per stage (of the whole batched pass)
     warnings: list = field(default_factory=list)  # why this result may not be trustworthy, in words
-
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_seed(seed) -> int:
-    if seed is None:
-        return secrets.randbits(63)
-    if isinstance(seed, np.ndarray) and seed.ndim == 0:
-        seed = seed.item()
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
-        raise InvalidArgumentError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    return int(seed)
 
 
 def _identity(engine, source) -> tuple[str, str | None]:
@@ -89,23 +72,17 @@ class Segmenter:
     """`Segmenter(engine).sample(img, n=16)`.
 
     engine: an exported bundle (NAME.ldseg), 'builtin:NAME', a checkpoint path or a model
-    module (LDSeg or AmbiguousModel). backend: 'auto', 'torch', 'onnxruntime' or 'tensorrt' (the last two run
-    bundles; see ldseg_rt.backends for what 'auto' picks). device: 'auto', 'cpu' or
-    'cuda[:N]'. precision: 'auto' or one the backend offers ('fp32'; 'fp16' on TensorRT;
-    'fp16', 'bf16' with torch on CUDA; 'bf16' with torch on CPUs with AVX-512 bf16 or
-    AMX). backend_options: torch's `kernels` and `cuda_graphs`
-    (both on by default on CUDA; False turns the Triton kernels or the graph capture off).
+    module (LDSeg or AmbiguousModel). How it runs is an EngineOptions (backend, device,
+    precision, memory_limit, the torch backend's kernels and cuda_graphs), given as
+    `options=` and/or its fields as keywords: `Segmenter("m.ldseg", backend="onnxruntime")`.
+    See ldseg_rt.backends for what 'auto' picks.
     """
 
-    def __init__(self, engine, backend: str = "auto", device="auto", precision: str = "auto",
-                 memory_limit: int = DEFAULT_MEMORY_LIMIT, **backend_options):
-        """memory_limit: the most bytes of results one call may build; a larger request is
-        refused before any work, naming what it would need (see `sample`'s return_samples)."""
-        if isinstance(memory_limit, bool) or not isinstance(memory_limit, numbers.Integral) or memory_limit < 1:
-            raise InvalidArgumentError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
-        self.memory_limit = int(memory_limit)
+    def __init__(self, engine, *, options: EngineOptions | None = None, **settings):
+        self.options = options = EngineOptions.of(options, **settings)
         source = load_bundle(engine) if is_bundle(engine) else load_model(engine)
-        self.backend = create_backend(backend, source, device, precision, **backend_options)
+        self.backend = create_backend(options.backend, source, options.device, options.precision,
+                                      **options.backend_options())
         self.model_name, self.model_sha256 = _identity(engine, source)
         self.config = self.backend.config
         self.class_names = (list(source.manifest["classes"]) if isinstance(source, Bundle) else
@@ -120,19 +97,20 @@ class Segmenter:
                               getattr(source, "preprocessing", ROBUST))
 
     @classmethod
-    def from_config(cls, name: str, seed: int = 0, backend: str = "auto", device="auto",
-                    precision: str = "auto", **backend_options) -> "Segmenter":
-        """A model of a named configuration with random weights (the originals' initialisers),
-        on any backend: one that runs bundles gets the model exported to a temporary bundle,
-        removed with the Segmenter."""
+    def from_config(cls, name: str, *, seed: int = 0, options: EngineOptions | None = None,
+                    **settings) -> "Segmenter":
+        """A model of a named configuration with random weights (the originals' initialisers,
+        drawn from `seed`), on any backend: one that runs bundles gets the model exported to a
+        temporary bundle, removed with the Segmenter."""
+        options = EngineOptions.of(options, **settings)
         model = build_model(get_config(name), seed)
-        if backend not in NEEDS_BUNDLE:
-            return cls(model, backend, device, precision, **backend_options)
+        if options.backend not in NEEDS_BUNDLE:
+            return cls(model, options=options)
         from .export import export_bundle
         folder = tempfile.TemporaryDirectory(prefix="ldseg_rt-")
         bundle = export_bundle(model, Path(folder.name) / f"{name}.ldseg", source=f"from_config({name!r}, seed={seed})",
                                check_batches=(1,), progress=False)
-        segmenter = cls(bundle.path, backend, device, precision, **backend_options)
+        segmenter = cls(bundle.path, options=options)
         segmenter._bundle_folder = folder  # lives as long as the Segmenter
         return segmenter
 
@@ -145,12 +123,14 @@ class Segmenter:
     def precision(self) -> str:
         return self.backend.precision
 
-    def sample(self, img, n: int | str = 16, steps: int | None = None, seed: int | None = None,
-               eta: float | None = None, return_samples: bool = True, max_n: int = AUTO_MAX_N,
-               tolerance: float = AUTO_TOLERANCE) -> SampleResult:
-        """n segmentations of one image; with a seed, sample k is reproducible whatever n.
-        return_samples=False keeps only probs, mask and uncertainty (samples is None), so the
-        memory of the result does not grow with n.
+    @property
+    def memory_limit(self) -> int:
+        return self.options.memory_limit
+
+    def sample(self, img, *, options: SampleOptions | None = None, **settings) -> SampleResult:
+        """n segmentations of one image (SampleOptions, as `options=` and/or keywords); with a
+        seed, sample k is reproducible whatever n. return_samples=False keeps only probs, mask
+        and uncertainty (samples is None), so the memory of the result does not grow with n.
 
         n="auto" draws samples AUTO_CHUNK at a time (the first AUTO_MIN_N in one call), up to
         max_n, and stops once the result has settled: after a chunk (from the AUTO_MIN_N-th
@@ -158,27 +138,33 @@ class Segmenter:
         uncertainty map by at most `tolerance` on average. result.n says how many were drawn;
         with a seed they are the first result.n samples of any n, and a draw that reaches max_n
         unsettled says so in result.warnings."""
-        if isinstance(n, str):
-            if n != "auto":
-                raise InvalidArgumentError(f"n must be a positive integer or 'auto', got {n!r}")
-            return self._sample_until_settled(img, max_n, tolerance, steps, seed, eta, return_samples)
-        return self.sample_batch([img], n, steps, seed, eta, return_samples)[0]
+        options = SampleOptions.of(options, **settings)
+        if options.n == "auto":
+            return self._sample_until_settled(img, options)
+        return self._sample_images([img], options, [options.seed])[0]
 
-    def sample_batch(self, imgs, n: int = 16, steps: int | None = None, seed=None,
-                     eta: float | None = None, return_samples: bool = True) -> list[SampleResult]:
+    def sample_batch(self, imgs, *, options: SampleOptions | None = None, **settings) -> list[SampleResult]:
         """n segmentations of each image in one batched pass. seed: one int used for every
         image (so an image's result does not depend on its batch), or one per image."""
-        n = _check_positive_int(n, "n")
-        plan = self._plan(steps, eta)
+        seed = settings.get("seed")
+        many = isinstance(seed, (list, tuple)) or isinstance(seed, np.ndarray) and seed.ndim > 0
+        if many:
+            del settings["seed"]
+        options = SampleOptions.of(options, **settings)
         imgs = list(imgs)
         if not imgs:
             raise InvalidArgumentError("sample_batch needs at least one image")
-        many = isinstance(seed, (list, tuple)) or isinstance(seed, np.ndarray) and seed.ndim > 0
-        seeds = seed if many else [seed] * len(imgs)
+        if options.n == "auto":
+            raise InvalidArgumentError("n='auto' decides n per image: use sample(img, n='auto') one image at a time")
+        seeds = [check_seed(s) for s in seed] if many else [options.seed] * len(imgs)
         if len(seeds) != len(imgs):
             raise InvalidArgumentError(f"got {len(seeds)} seeds for {len(imgs)} images")
-        seeds = [_check_seed(s) for s in seeds]
-        self._check_sizes(imgs, n, return_samples)
+        return self._sample_images(imgs, options, seeds)
+
+    def _sample_images(self, imgs: list, options: SampleOptions, seeds: list) -> list[SampleResult]:
+        n, plan = options.n, self._plan(options)
+        seeds = [resolve_seed(s) for s in seeds]
+        self._check_sizes(imgs, n, options.return_samples)
 
         clock = _Stopwatch()
         total = time.perf_counter()
@@ -187,7 +173,7 @@ class Segmenter:
             latents = self.backend.sample_latents(z_i, seeds, n, plan)
         results = []
         for i, (p, s) in enumerate(zip(prepared, seeds)):
-            own, aggregator = latents[i * n:(i + 1) * n], Aggregator(p.size, return_samples)
+            own, aggregator = latents[i * n:(i + 1) * n], Aggregator(p.size, options.return_samples)
             self._decode(own, aggregator, clock)
             with clock.stage("postprocess"):
                 results.append(self._result(p, aggregator, own, s))
@@ -196,17 +182,15 @@ class Segmenter:
             r.timings = dict(clock.ms)
         return results
 
-    def _sample_until_settled(self, img, max_n, tolerance, steps, seed, eta, return_samples) -> SampleResult:
-        max_n = _check_positive_int(max_n, "max_n")
-        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not 0 <= tolerance < 1:
-            raise InvalidArgumentError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
-        plan, seed = self._plan(steps, eta), _check_seed(seed)
-        self._check_sizes([img], max_n, return_samples)
+    def _sample_until_settled(self, img, options: SampleOptions) -> SampleResult:
+        max_n, tolerance = options.max_n, options.tolerance
+        plan, seed = self._plan(options), resolve_seed(options.seed)
+        self._check_sizes([img], max_n, options.return_samples)
 
         clock = _Stopwatch()
         total = time.perf_counter()
         (p,), z_i = self._encode([img], clock)
-        aggregator, chunks, previous = Aggregator(p.size, return_samples), [], None
+        aggregator, chunks, previous = Aggregator(p.size, options.return_samples), [], None
         settled = changed = moved = None
         drawn = 0
         while drawn < max_n and not settled:
@@ -237,18 +221,23 @@ class Segmenter:
         result.timings = dict(clock.ms)
         return result
 
-    def _plan(self, steps, eta) -> SamplingPlan:
-        """The sampling plan for these steps and eta (None: the model's), after checking them."""
-        steps = self._check_steps(self.config.steps if steps is None else steps)
-        eta = self.config.eta if eta is None else eta
-        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:
-            raise InvalidArgumentError(f"eta must be a number in [0, 1] (0: deterministic DDIM), got {eta!r}")
-        return sampling_plan(self.config, steps, float(eta))
+    def _plan(self, options: SampleOptions) -> SamplingPlan:
+        """The sampling plan for the options' steps and eta (None: the model's)."""
+        steps = self.config.steps if options.steps is None else options.steps
+        least = 2 if self.config.family == "ldseg" else 1  # LDSeg's 1-step grid is t = 0 alone: no denoising
+        if not least <= steps <= MAX_STEPS:
+            raise InvalidArgumentError(f"steps must be in [{least}, {MAX_STEPS}] for model {self.config.name!r}, "
+                                       f"got {steps}")
+        return sampling_plan(self.config, steps, self.config.eta if options.eta is None else options.eta)
 
     def _check_sizes(self, imgs, n: int, return_samples: bool) -> None:
-        dims = self.config.spatial_dims
-        for size in filter(None, (spatial_size(img, dims) for img in imgs)):  # before preprocessing copies it
-            self._check_memory(size, n, return_samples)
+        """Refuse, before any work (and before preprocessing copies an image), results that would not fit."""
+        classes, chunk = self.config.num_classes, min(self.backend.decode_batch or n, n)
+        for size in filter(None, (spatial_size(img, self.config.spatial_dims) for img in imgs)):
+            check_memory(size, sample_bytes_per_pixel(classes, n, chunk, return_samples), self.memory_limit,
+                         f"a {'x'.join(map(str, size))} {'image' if len(size) == 2 else 'volume'} with n={n}",
+                         "pass return_samples=False to keep only probs, mask and uncertainty, segment a smaller "
+                         "image, or raise Segmenter(memory_limit=...)")
 
     def _encode(self, imgs, clock: _Stopwatch):
         with clock.stage("preprocess"):
@@ -265,34 +254,12 @@ class Segmenter:
             with clock.stage("postprocess"):
                 aggregator.add(probs)
 
-    def segment_volume(self, volume, n: int = 16, axis: int | None = None, seed: int | None = None,
-                       steps: int | None = None, eta: float | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-                       return_samples: bool = False, progress: bool = True) -> VolumeResult:
-        """A 3-D volume (an ldseg_rt.io.volume.Volume, or an (I, J, K) array) slice by slice along
-        `axis` (default: the through-plane axis) in batches of at most max_batch slices; results
-        on the volume's grid. With a seed, slice k's result does not depend on its batch."""
-        return segment_volume(self, volume, n, axis, seed, steps, eta, max_batch, return_samples, progress)
-
-    def _check_steps(self, steps) -> int:
-        steps = _check_positive_int(steps, "steps")
-        least = 2 if self.config.family == "ldseg" else 1  # LDSeg's 1-step grid is t = 0 alone: no denoising
-        if not least <= steps <= MAX_STEPS:
-            raise InvalidArgumentError(f"steps must be in [{least}, {MAX_STEPS}] for model {self.config.name!r}, "
-                                       f"got {steps}")
-        return steps
-
-    def _check_memory(self, size: tuple[int, ...], n: int, return_samples: bool) -> None:
-        """Refuse, before any work, results that would not fit: per pixel at the input's
-        resolution, n uint8 maps (if kept), the decoder chunk's resized probabilities, their
-        sum and mean, the consensus and the uncertainty."""
-        classes, chunk = self.config.num_classes, min(self.backend.decode_batch or n, n)
-        per_pixel = (n if return_samples else 0) + 4 * classes * (chunk + 2) + chunk + 1 + 8
-        need = per_pixel * int(np.prod(size))
-        if need > self.memory_limit:
-            raise InvalidArgumentError(
-                f"a {'x'.join(map(str, size))} {'image' if len(size) == 2 else 'volume'} with n={n} needs about {need / 2 ** 30:.1f} GiB for its results, more "
-                f"than memory_limit ({self.memory_limit / 2 ** 30:.1f} GiB): pass return_samples=False to keep only "
-                "probs, mask and uncertainty, segment a smaller image, or raise Segmenter(memory_limit=...)")
+    def segment_volume(self, volume, *, options: VolumeOptions | None = None, **settings) -> VolumeResult:
+        """A 3-D volume (an ldseg_rt.io.volume.Volume, or an (I, J, K) array) with VolumeOptions
+        (as `options=` and/or keywords): a 2-D model slice by slice along `axis` in batches of at
+        most max_batch slices, a 3-D model whole; results on the volume's grid. With a seed,
+        slice k's result does not depend on its batch."""
+        return segment_volume(self, volume, VolumeOptions.of(options, **settings))
 
     def _result(self, p: Prepared, aggregator: Aggregator, latents: np.ndarray, seed: int) -> SampleResult:
         outputs = aggregator.result()

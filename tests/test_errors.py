@@ -54,7 +54,6 @@ def test_bad_images(seg, img, error, match):
     ({"eta": -0.1}, "eta must be"), ({"eta": float("nan")}, "eta must be"), ({"eta": True}, "eta must be"),
     ({"eta": 1e6}, r"eta must be a number in \[0, 1\]"),
     ({"steps": 1}, r"steps must be in \[2, 1000\]"), ({"steps": 10 ** 7}, r"steps must be in \[2, 1000\]"),
-    ({"seed": -1}, "seed must be"), ({"seed": 2 ** 64}, "seed must be"), ({"seed": "7"}, "seed must be"),
 ])
 def test_bad_arguments(seg, kwargs, match):
     with pytest.raises(E.InvalidArgumentError, match=match):

@@ -23,6 +23,7 @@ from ..bundle import Bundle
 from ..configs import config_from_dict
 from ..diffusion.plan import SamplingPlan
 from ..errors import BackendError, DeviceError
+from ..options import DEFAULT_N
 from .base import Backend
 from .device_loop import DeviceLoop
 from .tensorrt_engines import EngineCache, GpuIdentity, Profile, import_tensorrt, network_profiles, tensorrt_logger
@@ -35,7 +36,7 @@ MAX_SHAPES = 8  # per network: input shapes kept with their context
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, bundle: Bundle, device: torch.device, precision: str, n: int = 16, max_images: int = 4):
+    def __init__(self, bundle: Bundle, device: torch.device, precision: str, n: int = DEFAULT_N, max_images: int = 4):
         """n, max_images: the samples per image and images per call the first engines are
         built for; larger calls rebuild."""
         if device.type != "cuda":

@@ -27,8 +27,8 @@ def run_command(run, args) -> None:
         sys.exit(130)
 
 
-def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m ldseg_rt` and every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m ldseg_rt")
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
@@ -43,5 +43,10 @@ def main(argv=None) -> None:
     bench.set_defaults(run=bench_harness.run)
     train.add_parser(sub)
     fine_tuning.add_parsers(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
     run_command(args.run, args)

@@ -2,6 +2,9 @@
 prints the time per stage and the Dice against the example's label, and writes a figure."""
 from __future__ import annotations
 
+from ..options import SampleOptions
+from .options import default
+
 from pathlib import Path
 
 from ..io.atomic import check_writable
@@ -41,7 +44,7 @@ def add_parser(sub) -> None:
     demo = sub.add_parser("demo", help="segment an image n times, print timings, write a figure")
     demo.add_argument("--model", default="builtin:phantom", help="bundle, checkpoint path or builtin:NAME")
     demo.add_argument("--image", default=str(EXAMPLE), help="image file (PNG, BMP, TIFF, NPY)")
-    demo.add_argument("-n", type=int, default=16, help="number of samples")
+    demo.add_argument("-n", type=int, default=default(SampleOptions, "n"), help="number of samples")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="ldseg_demo.png", help="where to write the figure (PNG)")
     demo.set_defaults(run=run)

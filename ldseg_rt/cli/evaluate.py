@@ -1,6 +1,9 @@
 """`python -m ldseg_rt evaluate MODEL`: scores a model on held-out synthetic data of its family."""
 from __future__ import annotations
 
+from ..options import SampleOptions
+from .options import default
+
 
 def run_evaluate(args) -> None:
     """Scores a model on held-out synthetic data of its family: Dice of the consensus on
@@ -29,7 +32,7 @@ def add_parser(sub) -> None:
     evaluation = sub.add_parser("evaluate", help="score a model on held-out synthetic data of its family")
     evaluation.add_argument("model", help="bundle, checkpoint or builtin:NAME")
     evaluation.add_argument("--images", type=int, default=100)
-    evaluation.add_argument("-n", type=int, default=16, help="samples per image")
+    evaluation.add_argument("-n", type=int, default=default(SampleOptions, "n"), help="samples per image")
     evaluation.add_argument("--annotators", type=int, default=4, help="annotations per case (pixel-space family)")
     evaluation.add_argument("--first-seed", type=int, default=280_396_367,
                             help="first phantom seed (LDSeg family; training uses seeds below 100,000)")

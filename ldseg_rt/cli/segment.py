@@ -2,7 +2,7 @@
 (DICOM series, NIfTI volumes, 2-D images; ldseg_rt.io.cases) and write each case's results,
 whole and atomically, to OUT/<case>/ (ldseg_rt.io.results). A case that fails is reported in
 one line and the batch goes on; the exit status is 1 if any case failed. With --ray the same
-per-case work (ldseg_rt.workflow) runs on Ray Data actors (ldseg_rt.distributed)."""
+per-case workflow (ldseg_rt.workflow) runs on Ray Data actors (ldseg_rt.distributed)."""
 from __future__ import annotations
 
 import logging
@@ -10,8 +10,11 @@ import sys
 
 from ..errors import InvalidArgumentError
 from ..io.atomic import check_writable
+from .options import (add_engine_arguments, add_sample_arguments, add_volume_arguments, engine_options, options_from,
+                      segment_options)
 
 log = logging.getLogger(__name__)
+RAY_FLAGS = ("workers", "cpus_per_worker", "gpus_per_worker", "threads_per_worker")  # --ray runs only
 
 
 def _print_table(rows) -> int:
@@ -25,20 +28,12 @@ def _print_table(rows) -> int:
     return failed
 
 
-def _options(args):
-    from ..workflow import SegmentOptions
-    from ..io.results import parse_formats
-    return SegmentOptions(n=args.n, steps=args.steps, axis=args.axis, max_batch=args.max_batch, samples=args.samples,
-                          formats=parse_formats(args.format) if args.format else None)
-
-
 def _run_on_ray(args) -> None:
     """--ray: the same cases, each segmented by the same per-case function, on Ray Data actors."""
-    from ..distributed import segment_on_ray
-    report = segment_on_ray(args.inputs, args.model, args.out, options=_options(args), seed=args.seed,
-                            resume=args.resume, select=args.select, backend=args.backend, precision=args.precision,
-                            address=args.ray or None, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                            gpus_per_worker=args.gpus_per_worker, threads_per_worker=args.threads_per_worker)
+    from ..distributed import RayOptions, segment_on_ray
+    cluster = options_from(RayOptions, args, address=args.ray or None)
+    report = segment_on_ray(args.inputs, args.model, args.out, options=segment_options(args),
+                            engine=engine_options(args), cluster=cluster, resume=args.resume)
     failed = _print_table(report.outcomes)
     for line in report.summary_lines():
         print(line)
@@ -46,42 +41,35 @@ def _run_on_ray(args) -> None:
         sys.exit(1)
 
 
+def _log_case(outcome) -> None:
+    if outcome.status == "failed":
+        log.error("%s: failed: %s", outcome.case, outcome.detail)
+    else:
+        log.info("%s: %s in %.1f s -> %s", outcome.case, "done" if outcome.status == "ok" else outcome.status,
+                 outcome.seconds, outcome.detail)
+
+
 def run(args) -> None:
     if args.ray is not None:
         return _run_on_ray(args)
-    if args.workers is not None or args.cpus_per_worker is not None or args.gpus_per_worker is not None \
-            or args.threads_per_worker is not None:
-        raise InvalidArgumentError("--workers, --cpus-per-worker, --gpus-per-worker and --threads-per-worker "
-                                   "apply to --ray runs only")
+    ray_only = [flag for flag in RAY_FLAGS if getattr(args, flag) is not None]
+    if ray_only:
+        raise InvalidArgumentError(f"{', '.join('--' + f.replace('_', '-') for f in ray_only)} apply to --ray runs only")
     if "://" in str(args.out):
         raise InvalidArgumentError(f"output {args.out!r} is a URI: object stores are written by --ray runs only; "
                                    "give a folder")
     from .. import Segmenter
-    from ..workflow import finished, read_record, segment_case, skipped_outcome
     from ..io.cases import find_cases
-    from ..io.dicom_series import SeriesRule
-    from ..io.results import algorithm_identity
+    from ..workflow import run_cases
 
     out = check_writable(args.out, folder=True)
-    options = _options(args)
-    rule = SeriesRule.parse(args.select) if args.select else None
+    options = segment_options(args)
     cases = find_cases(args.inputs)
-    seg = Segmenter(args.model, backend=args.backend, precision=args.precision)
-    algorithm = algorithm_identity(seg)
+    seg = Segmenter(args.model, options=engine_options(args))
     log.info("%d case(s) with %s (%s, %s %s) -> %s", len(cases), args.model, seg.config.name, seg.backend_name,
              seg.precision, out)
-    rows = []
-    for case in cases:
-        folder = out / case.name
-        if args.resume and finished(folder):
-            rows.append(skipped_outcome(case, read_record(folder)))
-            continue
-        rows.append(segment_case(seg, case, folder, options, args.model, args.seed, rule, algorithm))
-        if rows[-1].status == "failed":
-            log.error("%s: failed: %s", case.name, rows[-1].detail)
-        else:
-            log.info("%s: done in %.1f s -> %s", case.name, rows[-1].seconds, folder)
-    if _print_table(rows):
+    outcomes = run_cases(seg, cases, out, options, model=args.model, resume=args.resume, on_case=_log_case)
+    if _print_table(outcomes):
         sys.exit(1)
 
 
@@ -93,16 +81,15 @@ def add_parser(sub) -> None:
                               "or a .csv list of them")
     segment.add_argument("-m", "--model", required=True, help="bundle (NAME.ldseg), checkpoint or builtin:NAME")
     segment.add_argument("-o", "--out", required=True, help="output folder; each case gets OUT/<case>/")
-    segment.add_argument("-n", type=int, default=16, help="samples per image or slice (default 16)")
-    segment.add_argument("--seed", type=int, help="the seed of every case (default: a fresh one, recorded)")
-    segment.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    segment.add_argument("--backend", default="auto")
-    segment.add_argument("--precision", default="auto")
-    segment.add_argument("--axis", type=int, help="slicing axis of volumes (default: the through-plane axis)")
-    segment.add_argument("--max-batch", type=int, default=8, help="slices per batched pass (bounds memory)")
-    segment.add_argument("--format", help="comma-separated: nifti, dicom-seg, png, npy (default: nifti, and "
-                                          "dicom-seg for DICOM series; png, npy for 2-D images)")
-    segment.add_argument("--samples", action="store_true", help="also write the n samples")
+    add_sample_arguments(segment, what="image or slice")
+    segment.add_argument("--seed", type=int, help="the seed of every case (default: a fresh one per case, recorded)")
+    add_engine_arguments(segment)
+    add_volume_arguments(segment)
+    segment.add_argument("--format", dest="formats", help="comma-separated: nifti, dicom-seg, png, npy (default: "
+                                                          "nifti, and dicom-seg for DICOM series; png, npy for 2-D "
+                                                          "images)")
+    segment.add_argument("--samples", dest="return_samples", action="store_true", default=None,
+                         help="also write the n samples")
     segment.add_argument("--continue", dest="resume", action="store_true",
                          help="skip cases whose results are complete in OUT")
     segment.add_argument("--select", help="series rule for folders with several series: modality=MR,"

@@ -11,6 +11,7 @@ import signal
 import threading
 
 from ..serve.config import ServeConfig, load_config, split_list
+from .options import add_engine_arguments, add_sample_arguments, default
 
 
 def settings(args) -> ServeConfig:
@@ -47,24 +48,27 @@ def add_parser(sub) -> None:
     serve.add_argument("--config", help="TOML file of settings, keys named as the flags (allow_ae = [...])")
     serve.add_argument("-m", "--model", help="bundle (NAME.ldseg), checkpoint or builtin:NAME; its name is the "
                                              "model name in the HTTP paths (builtin:phantom serves as phantom)")
-    serve.add_argument("--backend", help="auto (default), torch, onnxruntime, tensorrt")
-    serve.add_argument("--precision", help="auto (default) or one the backend offers")
-    serve.add_argument("-n", type=int, help="samples per image or slice unless a request says otherwise (16)")
-    serve.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    add_engine_arguments(serve)
+    add_sample_arguments(serve, what="image or slice, unless a request says otherwise")
     serve.add_argument("--seed", type=int, help="seed of every DICOM series (default: derived from its UID)")
     serve.add_argument("--http", help="HOST:PORT of the HTTP endpoint (default 127.0.0.1:8000; off: none)")
     serve.add_argument("--dicom", help="HOST:PORT of the DICOM node (default: no node)")
-    serve.add_argument("--ae-title", dest="ae_title", help="the node's AE title (default LDSEG_RT)")
+    serve.add_argument("--ae-title", dest="ae_title",
+                       help=f"the node's AE title (default {default(ServeConfig, 'ae_title')})")
     serve.add_argument("--allow-ae", dest="allow_ae", help="calling AE titles accepted, comma-separated")
     serve.add_argument("--destination", help="where results are sent by C-STORE: AE@HOST:PORT")
     serve.add_argument("--output-dir", dest="output_dir", help="write results to DIR/<SeriesInstanceUID>/ instead")
     serve.add_argument("--spool", help="folder where received instances wait (survives restarts)")
     serve.add_argument("--select", help="series rule: modality=MR,description=REGEX,largest (others are skipped)")
-    serve.add_argument("--quiet", type=float, help="seconds without instances after which a series is complete (5)")
-    serve.add_argument("--queue", type=int, help="jobs that may wait for the model; more are refused (8)")
+    serve.add_argument("--quiet", type=float, help=f"seconds without instances after which a series is complete "
+                                                   f"(default {default(ServeConfig, 'quiet')})")
+    serve.add_argument("--queue", type=int, help=f"jobs that may wait for the model; more are refused "
+                                                 f"(default {default(ServeConfig, 'queue')})")
     serve.add_argument("--token-file", dest="token_file", help="file holding the bearer token HTTP clients must send")
     serve.add_argument("--tls-cert", dest="tls_cert", help="TLS certificate (PEM) for HTTPS")
     serve.add_argument("--tls-key", dest="tls_key", help="its private key (PEM)")
-    serve.add_argument("--max-request-mb", dest="max_request_mb", type=float, help="largest HTTP request body (64)")
-    serve.add_argument("--max-n", dest="max_n", type=int, help="most samples one HTTP request may ask for (128)")
+    serve.add_argument("--max-request-mb", dest="max_request_mb", type=float,
+                       help=f"largest HTTP request body in MiB (default {default(ServeConfig, 'max_request_mb')})")
+    serve.add_argument("--max-n", dest="max_n", type=int,
+                       help=f"most samples one HTTP request may ask for (default {default(ServeConfig, 'max_n')})")
     serve.set_defaults(run=run)

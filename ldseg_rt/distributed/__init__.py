@@ -5,9 +5,10 @@ missing. Ray is an optional extra (pip install 'ldseg_rt[ray]'): importing this 
 not import it; `segment_on_ray` says clearly when it is missing.
 
     from ldseg_rt.distributed import segment_on_ray
-    report = segment_on_ray(["cases.csv"], "model.ldseg", "out/", workers=2)
+    report = segment_on_ray(["cases.csv"], "model.ldseg", "out/", cluster=RayOptions(workers=2))
 """
+from ..options import RayOptions
 from .driver import RayBatchReport, import_ray, segment_on_ray
 from .worker import CaseWorker
 
-__all__ = ["segment_on_ray", "RayBatchReport", "CaseWorker", "import_ray"]
+__all__ = ["segment_on_ray", "RayOptions", "RayBatchReport", "CaseWorker", "import_ray"]

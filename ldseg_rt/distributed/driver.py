@@ -20,22 +20,22 @@ import json
 import logging
 import os
 import platform
-import secrets
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from ..errors import BackendError, InvalidArgumentError, ModelLoadError
-from ..workflow import STAGES, CaseOutcome, SegmentOptions, skipped_outcome
 from ..io.cases import find_cases
+from ..options import EngineOptions, RayOptions, SegmentOptions
+from ..seeds import fresh_seed
+from ..workflow import STAGES, CaseOutcome, skipped_outcome
 from .store import open_output
 from .worker import CaseWorker
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest"  # OUT/manifest.json and OUT/manifest.csv
-DEFAULT_RETRIES = 3  # tries of a case after the first whose actor died
 
 
 def import_ray():
@@ -108,19 +108,16 @@ def _start_ray(ray, address: str | None, init_options: dict | None) -> tuple[boo
     return True, f"the Ray cluster at {address}" if address else "a local Ray cluster"
 
 
-def _sizing(resources: dict, todo: int, workers, cpus, gpus) -> tuple[int, float, float]:
+def _sizing(resources: dict, todo: int, cluster: RayOptions) -> tuple[int, float, float]:
     """(actors, CPUs and GPUs per actor) that the cluster holds now; an explicit request that it
     cannot hold is refused rather than left waiting for resources that never come."""
     have_cpus, have_gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
-    cpus = 1.0 if cpus is None else float(cpus)
-    gpus = (1.0 if have_gpus >= 1 else 0.0) if gpus is None else float(gpus)
-    if cpus < 0 or gpus < 0 or cpus + gpus == 0:
+    cpus = 1.0 if cluster.cpus_per_worker is None else float(cluster.cpus_per_worker)
+    gpus = (1.0 if have_gpus >= 1 else 0.0) if cluster.gpus_per_worker is None else float(cluster.gpus_per_worker)
+    if cpus + gpus == 0:
         raise InvalidArgumentError(f"each worker needs some CPU or GPU: got {cpus:g} CPU and {gpus:g} GPU")
     fits = min(int(have_cpus // cpus) if cpus else 1 << 30, int(have_gpus // gpus) if gpus else 1 << 30)
-    if workers is None:
-        workers = max(1, min(fits, todo))
-    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidArgumentError(f"--workers must be a positive integer, got {workers!r}")
+    workers = max(1, min(fits, todo)) if cluster.workers is None else cluster.workers
     if workers > fits:
         raise InvalidArgumentError(f"{workers} worker(s) of {cpus:g} CPU and {gpus:g} GPU do not fit the cluster's "
                                    f"{have_cpus:g} CPU and {have_gpus:g} GPU")
@@ -147,36 +144,19 @@ def _outcome(row: dict) -> CaseOutcome:
                        timings=json.loads(row["timings"]), worker=str(row["worker"]))
 
 
-def segment_on_ray(inputs, model: str, out, *, options: SegmentOptions = SegmentOptions(), seed: int | None = None,
-                   resume: bool = False, select: str | None = None, backend: str = "auto", precision: str = "auto",
-                   address: str | None = None, workers: int | None = None, cpus_per_worker: float | None = None,
-                   gpus_per_worker: float | None = None, threads_per_worker: int | None = None,
-                   retries: int = DEFAULT_RETRIES, progress: bool = True, init_options: dict | None = None,
+def segment_on_ray(inputs, model: str, out, *, options: SegmentOptions | None = None,
+                   engine: EngineOptions | None = None, cluster: RayOptions | None = None, resume: bool = False,
                    worker=CaseWorker, on_case=None) -> RayBatchReport:
-    """Segment the cases `inputs` name (as `segment` does) on Ray Data actors, each writing its
-    cases to `out` (a folder every node sees, or a pyarrow file system URI), and write
-    out/manifest.json and .csv. `address`: a cluster to join (None: RAY_ADDRESS, else a local
-    cluster started here with `init_options` and shut down after; a Ray this process already
-    runs is used as it is). `workers`: actors (default: as many as the cluster holds), each
-    reserving `cpus_per_worker` (1) and `gpus_per_worker` (1 where the cluster has GPUs, else 0)
-    and running torch on `threads_per_worker` threads (default: this process's count, so that
-    the results are bit-identical to a single-process run). `retries`: how often a case whose
-    actor died is tried again. `on_case(outcome)` is called in the driver as each case comes in.
+    """Segment the cases `inputs` name (as `segment` does, with SegmentOptions and
+    EngineOptions) on Ray Data actors (RayOptions: which cluster, how many actors, what each
+    reserves), each writing its cases to `out` (a folder every node sees, or a pyarrow file
+    system URI), and write out/manifest.json and .csv. resume: leave the finished cases alone
+    (`--continue`). `on_case(outcome)` is called in the driver as each case comes in.
     `worker`: the actor class (CaseWorker or a subclass)."""
+    options, engine = SegmentOptions.of(options), EngineOptions.of(engine)
+    cluster = RayOptions.of(cluster)
     ray = import_ray()
     started = time.perf_counter()
-    if select:
-        from ..io.dicom_series import SeriesRule
-        SeriesRule.parse(select)  # refused here rather than by every worker
-    if seed is not None:
-        from ..segmenter import SEED_LIMIT
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
-            raise InvalidArgumentError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise InvalidArgumentError(f"retries must be a non-negative integer, got {retries!r}")
-    if threads_per_worker is not None and (isinstance(threads_per_worker, bool) or
-                                           not isinstance(threads_per_worker, int) or threads_per_worker < 1):
-        raise InvalidArgumentError(f"--threads-per-worker must be a positive integer, got {threads_per_worker!r}")
     _check_model(model)
     output = open_output(out)
     cases = find_cases(inputs)
@@ -191,29 +171,56 @@ def segment_on_ray(inputs, model: str, out, *, options: SegmentOptions = Segment
                     "(--continue keeps them)", len(done), output)
     todo = [c for c in cases if c.name not in outcomes]
     # Each case's seed, fixed before any worker sees it: a retry on another actor draws nothing new.
-    seeds = {c.name: seed if seed is not None else secrets.randbits(63) for c in todo}
+    seeds = {c.name: options.seed if options.seed is not None else fresh_seed() for c in todo}
 
     import torch
-    threads = threads_per_worker or torch.get_num_threads()
-    own, cluster = _start_ray(ray, address, init_options) if todo else (False, "no Ray (nothing to run)")
+    threads = cluster.threads_per_worker or torch.get_num_threads()
+    own, where = _start_ray(ray, cluster.address, cluster.init_options) if todo else (False, "no Ray (nothing to run)")
     ray_started = time.perf_counter()
-    sizing = (0, 0.0, 0.0)
-    rows = {}
+    run = _Run(ray, worker, model, output, options, engine, cluster, threads, where)
     interrupted = False
     try:
         try:
             if todo:
-                sizing = _sizing(ray.cluster_resources(), len(todo), workers, cpus_per_worker, gpus_per_worker)
-                _run(ray, worker, todo, seeds, sizing, threads, model, output, options, backend, precision, select,
-                     retries, progress, cluster, len(cases), rows, outcomes, on_case)
+                run.sizing = _sizing(ray.cluster_resources(), len(todo), cluster)
+                _run(run, todo, seeds, len(cases), outcomes, on_case)
         except KeyboardInterrupt:
             interrupted = True
     finally:
         finished_at = time.perf_counter()
         if own:
             ray.shutdown()
+    _account_for_missing(cases, outcomes, output, seeds, cluster.retries, interrupted)
+    ordered = [outcomes[c.name] for c in cases]
+    summary = _summary(ordered, run, started, ray_started, finished_at)
+    summary["interrupted"] = interrupted
+    manifest = _write_manifest(output, ordered, {c.name: str(c.path) for c in cases}, summary)
+    if interrupted:
+        raise KeyboardInterrupt
+    return RayBatchReport(ordered, summary, manifest)
+
+
+@dataclass
+class _Run:
+    """What one batch on Ray was run with, and what came back."""
+    ray: object
+    worker: type
+    model: str
+    output: object
+    options: SegmentOptions
+    engine: EngineOptions
+    cluster: RayOptions
+    threads: int
+    where: str  # the cluster, in words
+    sizing: tuple = (0, 0.0, 0.0)  # actors, CPUs and GPUs per actor
+    rows: dict = field(default_factory=dict)  # case -> (outcome, model load seconds, worker ready seconds)
+
+
+def _account_for_missing(cases, outcomes: dict, output, seeds: dict, retries: int, interrupted: bool) -> None:
+    """An outcome for every case no answer came back for: written by an actor whose answer was
+    lost, never run (interrupted), or lost with its actor on every try."""
     missing = [c.name for c in cases if c.name not in outcomes]
-    written = output.finished(missing) if missing else set()  # finished by an actor whose answer never came
+    written = output.finished(missing) if missing else set()
     for name in missing:
         if name in written:
             record = output.record(name)
@@ -225,63 +232,59 @@ def segment_on_ray(inputs, model: str, out, *, options: SegmentOptions = Segment
         outcomes[name] = CaseOutcome(name, "failed", 0.0, reason, seed=seeds.get(name))
         if not interrupted:
             log.error("%s: %s", name, reason)
-    ordered = [outcomes[c.name] for c in cases]
-    summary = _summary(ordered, rows, sizing, threads, cluster, model, options, seed, started, ray_started,
-                       finished_at, ray)
-    summary["interrupted"] = interrupted
-    manifest = _write_manifest(output, ordered, {c.name: str(c.path) for c in cases}, summary)
-    if interrupted:
-        raise KeyboardInterrupt
-    return RayBatchReport(ordered, summary, manifest)
 
 
-def _run(ray, worker, todo, seeds, sizing, threads, model, output, options, backend, precision, select, retries,
-         progress, cluster, total, rows, outcomes, on_case) -> None:
+def _run(run: _Run, todo, seeds, total, outcomes, on_case) -> None:
     """The dataset of the cases to run, through the actor pool; each row logged as it comes."""
-    n_workers, cpus, gpus = sizing
+    n_workers, cpus, gpus = run.sizing
     log.info("%d case(s), %d to run, with %s on %s: %d worker(s) of %g CPU, %g GPU, %d torch thread(s) -> %s",
-             total, len(todo), model, cluster, n_workers, cpus, gpus, threads, output)
-    if cpus and threads > cpus:
+             total, len(todo), run.model, run.where, n_workers, cpus, gpus, run.threads, run.output)
+    if cpus and run.threads > cpus:
         log.info("each worker runs %d threads on %g reserved CPU(s): the thread count of a single process, which "
-                 "keeps results bit-identical to one (--threads-per-worker trades that for throughput)", threads, cpus)
+                 "keeps results bit-identical to one (--threads-per-worker trades that for throughput)", run.threads,
+                 cpus)
     # Absolute paths: an actor's working folder is not the driver's (nor, on another node, its machine).
     items = [{"index": i, "name": c.name, "path": os.path.abspath(c.path), "kind": c.kind,
               "seed": str(seeds[c.name])} for i, c in enumerate(todo)]
-    if not model.startswith("builtin:"):
-        model = os.path.abspath(model)
-    with _data_context(ray, progress):  # a dataset takes the context as it is when it is made
-        with warnings.catch_warnings():
-            # Ray 2.60 has no named parameter for an actor's task retries yet, only the deprecated **ray_remote_args.
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-            dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                worker, batch_size=1, batch_format="numpy",
-                fn_constructor_kwargs={"model": model, "out": str(output), "options": options, "backend": backend,
-                                       "precision": precision, "select": select, "threads": threads},
-                # one case at a time per actor: a dead actor takes only its own case with it
-                compute=ray.data.ActorPoolStrategy(size=n_workers, max_tasks_in_flight_per_actor=1),
-                num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=retries,
-                # More threads than reserved CPUs: OpenMP threads that wait by spinning would steal the cores of
-                # the other actors (several times slower on a full node); waiting passively they do not.
-                runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}} if cpus and threads > cpus else None)
-        rows_in = iter(dataset.iter_rows())
+    with _data_context(run.ray, run.cluster.progress):  # a dataset takes the context as it is when it is made
+        rows_in = iter(_dataset(run, items).iter_rows())
         begun = time.perf_counter()
         try:
             for row in rows_in:
                 outcome = _outcome(row)
-                if outcome.case in rows:  # Ray returns a task's result once; say so loudly if it ever did not
+                if outcome.case in run.rows:  # Ray returns a task's result once; say so loudly if it ever did not
                     log.warning("%s: a second result came in (from %s); the case's folder holds one of them",
                                 outcome.case, outcome.worker)
                 # how long the worker took to start (scheduling, imports, model load), as the driver sees it
                 ready = time.perf_counter() - begun - outcome.seconds
-                rows[outcome.case] = (outcome, float(row["load_seconds"]), ready)
+                run.rows[outcome.case] = (outcome, float(row["load_seconds"]), ready)
                 outcomes[outcome.case] = outcome
-                _log_case(len(rows), len(todo), outcome)
+                _log_case(len(run.rows), len(todo), outcome)
                 if on_case is not None:
                     on_case(outcome)
         finally:
             close = getattr(rows_in, "close", None)
             if close is not None:
                 close()  # stops the dataset's execution (its actors) now, not when collected
+
+
+def _dataset(run: _Run, items: list[dict]):
+    """The cases as a dataset of one case per block, mapped through a pool of `run.worker` actors."""
+    n_workers, cpus, gpus = run.sizing
+    model = run.model if run.model.startswith("builtin:") else os.path.abspath(run.model)
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for an actor's task retries yet, only the deprecated **ray_remote_args.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+        return run.ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            run.worker, batch_size=1, batch_format="numpy",
+            fn_constructor_kwargs={"model": model, "out": str(run.output), "options": run.options,
+                                   "engine": run.engine, "threads": run.threads},
+            # one case at a time per actor: a dead actor takes only its own case with it
+            compute=run.ray.data.ActorPoolStrategy(size=n_workers, max_tasks_in_flight_per_actor=1),
+            num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=run.cluster.retries,
+            # More threads than reserved CPUs: OpenMP threads that wait by spinning would steal the cores of
+            # the other actors (several times slower on a full node); waiting passively they do not.
+            runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}} if cpus and run.threads > cpus else None)
 
 
 def _log_case(k: int, total: int, outcome: CaseOutcome) -> None:
@@ -292,13 +295,12 @@ def _log_case(k: int, total: int, outcome: CaseOutcome) -> None:
                  outcome.detail)
 
 
-def _summary(outcomes, rows, sizing, threads, cluster, model, options, seed, started, ray_started, finished_at,
-             ray) -> dict:
+def _summary(outcomes, run: _Run, started, ray_started, finished_at) -> dict:
     ok = [o for o in outcomes if o.status == "ok"]
     wall = finished_at - started
     stage = {k: round(sum(o.timings.get(k, 0.0) for o in ok) / 1e3, 3) for k in STAGES}
     loads, starts = {}, {}
-    for outcome, load_seconds, ready in rows.values():  # in the order they came in
+    for outcome, load_seconds, ready in run.rows.values():  # in the order they came in
         loads.setdefault(outcome.worker, load_seconds)
         starts.setdefault(outcome.worker, ready)
     return {
@@ -312,10 +314,12 @@ def _summary(outcomes, rows, sizing, threads, cluster, model, options, seed, sta
         # from the dataset's start to a worker's first case begun (scheduling, imports, model load), and the load
         "worker_start_seconds_mean": round(sum(starts.values()) / len(starts), 3) if starts else 0.0,
         "model_load_seconds_mean": round(sum(loads.values()) / len(loads), 3) if loads else 0.0,
-        "workers": sizing[0], "cpus_per_worker": sizing[1], "gpus_per_worker": sizing[2],
-        "threads_per_worker": threads, "cluster": cluster, "ray_version": ray.__version__,
-        "driver": platform.node(), "model": model, "seed": seed if seed is not None else "drawn per case",
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+        "workers": run.sizing[0], "cpus_per_worker": run.sizing[1], "gpus_per_worker": run.sizing[2],
+        "threads_per_worker": run.threads, "cluster": run.where, "ray_version": run.ray.__version__,
+        "driver": platform.node(), "model": run.model,
+        "seed": run.options.seed if run.options.seed is not None else "drawn per case",
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(run.options).items()},
+        "engine": asdict(run.engine),
     }
 
 

@@ -1,6 +1,6 @@
 """The stateful class Ray Data runs as an actor pool (`map_batches(CaseWorker, ...)`): each actor
 loads the model once, in __init__, and then takes cases one at a time through the per-case
-function `segment` runs (ldseg_rt.workflow.segment_case), writing each case's results to OUT
+function `segment` runs (ldseg_rt.workflow.run_case), writing each case's results to OUT
 itself. Imports nothing of Ray: the driver (ldseg_rt.distributed.driver) hands it to Ray.
 """
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LdsegError
-from ..workflow import CaseOutcome, SegmentOptions, segment_case
 from ..io.cases import Case
+from ..options import EngineOptions, SegmentOptions
+from ..workflow import CaseOutcome, run_case
 from .store import open_output
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ class CaseWorker:
     'failed' and the reason; nothing the actor does for one case stops the next.
     """
 
-    def __init__(self, model: str, out: str, options: SegmentOptions, backend: str = "auto",
-                 precision: str = "auto", select: str | None = None, threads: int | None = None):
+    def __init__(self, model: str, out: str, options: SegmentOptions, engine: EngineOptions | None = None,
+                 threads: int | None = None):
         start = time.perf_counter()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.model, self.options = model, options
@@ -53,12 +54,8 @@ class CaseWorker:
         except (LdsegError, OSError) as e:  # OUT is not there, or not writable, on this node
             self.output, self.error = None, f"worker {self.worker} cannot write to {out}: {e}"
         try:
-            from ..io.dicom_series import SeriesRule
-            from ..io.results import algorithm_identity
             from ..segmenter import Segmenter
-            self.rule = SeriesRule.parse(select) if select else None
-            self.segmenter = Segmenter(model, backend=backend, precision=precision)
-            self.algorithm = algorithm_identity(self.segmenter)
+            self.segmenter = Segmenter(model, options=engine)
         except (LdsegError, OSError) as e:
             self.error = self.error or f"worker {self.worker} cannot load model {model!r}: {e}"
         if self.error:
@@ -81,8 +78,8 @@ class CaseWorker:
         start = time.perf_counter()
         try:
             with self.output.case_folder(case.name) as folder:
-                outcome = segment_case(self.segmenter, case, folder, self.options, self.model, seed, self.rule,
-                                       self.algorithm)
+                outcome = run_case(self.segmenter, case, folder, SegmentOptions.of(self.options, seed=seed),
+                                   model=self.model)
         except OSError as e:  # the upload to an object store
             return CaseOutcome(case.name, "failed", time.perf_counter() - start,
                                f"cannot write the results to {self.output.location(case.name)}: {e}", seed=seed)

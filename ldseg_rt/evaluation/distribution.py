@@ -41,6 +41,6 @@ def score_samples(draw, cases: AmbiguousDataset, desc: str = "evaluating", progr
     return DistributionScores(*np.array(rows, dtype=np.float64).T)
 
 
-def evaluate_segmenter(seg, cases: AmbiguousDataset, n: int = 16, progress: bool = True) -> DistributionScores:
+def evaluate_segmenter(seg, cases: AmbiguousDataset, *, n: int, progress: bool = True) -> DistributionScores:
     """A Segmenter's n samples per case (seed k for case k)."""
     return score_samples(lambda case, k: seg.sample(case.image, n=n, seed=k).samples, cases, progress=progress)

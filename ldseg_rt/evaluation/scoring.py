@@ -31,7 +31,7 @@ class Evaluation:
                 f"vs {self.error_rate_rest:.4f} in the rest")
 
 
-def evaluate(seg, examples, n: int = 16, seed: int = 0, progress: bool = True) -> Evaluation:
+def evaluate(seg, examples, *, n: int, seed: int = 0, progress: bool = True) -> Evaluation:
     """examples: iterable of (image, label) in the Segmenter's input form (numpy)."""
     classes = seg.config.num_classes
     scores, inter, sizes, uncertainty, wrong = [], np.zeros(classes - 1), np.zeros(classes - 1), [], []

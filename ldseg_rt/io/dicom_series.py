@@ -26,7 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import MediaStorageDirectoryStorage
 
-from ..errors import DatasetError, InvalidArgumentError, InvalidImageError
+from ..errors import DatasetError, InvalidArgumentError, InvalidImageError, SeriesNotSelectedError
 from .files import native_numeric
 from .volume import LPS_TO_RAS, Volume
 
@@ -221,7 +221,7 @@ def select_series(series: list[Series], rule: SeriesRule | None = None) -> Serie
             most = max(len(s.datasets) for s in left)
             left = [s for s in left if len(s.datasets) == most]
         if not left:
-            raise DatasetError(f"{where}: no DICOM series matches {rule}; found:\n" + _listing(series))
+            raise SeriesNotSelectedError(f"{where}: no DICOM series matches {rule}; found:\n" + _listing(series))
         if len(left) == 1:
             return left[0]
     raise DatasetError(f"{where}: {len(left)} DICOM series {'match ' + str(rule) if rule else 'found'}:\n"

@@ -39,23 +39,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
-def reproduction_record(segmenter, result, n: int, steps: int | None, input_shape) -> dict:
-    """What result.json records so that a result can be reproduced: the model and its bytes'
-    sha256, seed, n, steps, backend, precision, slicing axis, timings, warnings, versions."""
-    from ..bundle import package_versions
-    return {"model_name": segmenter.model_name, "model_sha256": segmenter.model_sha256, "seed": result.seed, "n": n,
-            "steps": steps or segmenter.config.steps, "backend": segmenter.backend_name,
-            "precision": segmenter.precision, "axis": getattr(result, "axis", None), "input_shape": list(input_shape),
-            "timings_ms": {k: round(v, 1) for k, v in result.timings.items()}, "warnings": result.warnings,
-            "versions": package_versions()}
-
-
-def algorithm_identity(segmenter) -> tuple[str, str]:
-    """The algorithm (name, version) that DICOM outputs name as their producer."""
-    from .. import __version__
-    return "ldseg_rt " + segmenter.config.name, __version__
-
-
 def is_complete(folder: Path) -> bool:
     """Whether a case's results are all there (the folder is only ever renamed in whole)."""
     return (folder / SIDECAR).is_file()

@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidArgumentError
 from ..io.volume import Volume
-
-DEFAULT_MAX_BATCH = 8  # slices per batched pass: n samples of each go through the networks together
+from ..memory import check_memory, volume_bytes_per_voxel
+from ..seeds import resolve_seed, slice_seed
 
 
 @dataclass
@@ -34,11 +34,6 @@ class VolumeResult:
     warnings: list = field(default_factory=list)  # per-slice warnings, 'slice k: ...'
 
 
-def slice_seed(seed: int, k: int) -> int:
-    """Slice k's seed: a pure function of (seed, k), never of the batch it ran in."""
-    return int(np.random.SeedSequence([seed, k]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
 def _as_volume(volume) -> Volume:
     if isinstance(volume, Volume):
         return volume
@@ -46,56 +41,53 @@ def _as_volume(volume) -> Volume:
     return Volume(array, np.eye(4), description=f"array {array.shape}")
 
 
-def segment_volume(segmenter, volume, n: int = 16, axis: int | None = None, seed: int | None = None,
-                   steps: int | None = None, eta: float | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-                   return_samples: bool = False, progress: bool = True) -> VolumeResult:
-    """Segment a Volume (or a 3-D array, identity geometry) slice by slice along `axis` with a
-    2-D model. The default axis is the one the model's training slices were cut along, where
-    it records one, else the through-plane axis (the one with the largest spacing). A 3-D model
-    segments the volume whole (axis and max_batch do not apply)."""
+def segment_volume(segmenter, volume, options) -> VolumeResult:
+    """Segment a Volume (or a 3-D array, identity geometry) with VolumeOptions: a 2-D model
+    slice by slice along options.axis, by default the one the model's training slices were cut
+    along where it records one, else the through-plane axis (the one with the largest spacing).
+    A 3-D model segments the volume whole (axis and max_batch do not apply)."""
     volume = _as_volume(volume)
     if segmenter.config.spatial_dims == 3:
-        if axis is not None:
+        if options.axis is not None:
             raise InvalidArgumentError(f"model {segmenter.config.name!r} is 3-D: it segments the whole volume, "
-                                       f"not slices along axis {axis}")
-        _check_memory(segmenter, volume.array.shape, segmenter.config.num_classes, n, return_samples)
-        res = segmenter.sample(volume.array, n=n, steps=steps, seed=seed, eta=eta, return_samples=return_samples)
+                                       f"not slices along axis {options.axis}")
+        _check_memory(segmenter, volume.array.shape, options)
+        res = segmenter.sample(volume.array, options=options)
         return VolumeResult(mask=res.mask, probs=res.probs, uncertainty=res.uncertainty, samples=res.samples,
                             volume=volume, axis=None, seed=res.seed, timings=res.timings, warnings=res.warnings)
+    if options.n == "auto":
+        raise InvalidArgumentError("n='auto' decides n per image; a volume through a 2-D model needs one n for "
+                                   "every slice")
+    axis = options.axis
     if axis is None:
         axis = segmenter.slice_axis if segmenter.slice_axis is not None else volume.through_plane_axis()
-    if isinstance(axis, bool) or axis not in (0, 1, 2):
-        raise InvalidArgumentError(f"axis must be 0, 1 or 2 (a voxel axis of the volume), got {axis!r}")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise InvalidArgumentError(f"max_batch must be a positive integer, got {max_batch!r}")
-    if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+    seed, n = resolve_seed(options.seed), options.n
     slices = np.moveaxis(volume.array, axis, 0)
     depth, (h, w) = slices.shape[0], slices.shape[1:]
     classes = segmenter.config.num_classes
-    _check_memory(segmenter, (depth, h, w), classes, n, return_samples)
+    _check_memory(segmenter, volume.array.shape, options)
 
     probs = np.zeros((classes, depth, h, w), np.float32)
     probs[0] = 1.0  # what a slice without contrast keeps: background, certain
     mask = np.zeros((depth, h, w), np.uint8)
     uncertainty = np.zeros((depth, h, w), np.float32)
-    samples = np.zeros((n, depth, h, w), np.uint8) if return_samples else None
+    samples = np.zeros((n, depth, h, w), np.uint8) if options.return_samples else None
     timings, warnings = {}, []
     readable = [k for k in range(depth) if np.ptp(slices[k]) > 0]
     if len(readable) < depth:
         warnings.append(f"{depth - len(readable)} of {depth} slices have no contrast: segmented as background")
-    batches = [readable[i:i + max_batch] for i in range(0, len(readable), max_batch)]
-    for batch in tqdm(batches, desc="slices", unit="batch", disable=not progress or len(batches) < 2):
-        results = segmenter.sample_batch([slices[k] for k in batch], n=n, steps=steps,
-                                         seed=[slice_seed(seed, k) for k in batch], eta=eta,
-                                         return_samples=return_samples)
+    batches = [readable[i:i + options.max_batch] for i in range(0, len(readable), options.max_batch)]
+    for batch in tqdm(batches, desc="slices", unit="batch", disable=not options.progress or len(batches) < 2):
+        results = segmenter.sample_batch([slices[k] for k in batch], options=options,
+                                         seed=[slice_seed(seed, k) for k in batch])
         for k, res in zip(batch, results):
             probs[:, k], mask[k], uncertainty[k] = res.probs, res.mask, res.uncertainty
-            if return_samples:
+            if samples is not None:
                 samples[:, k] = res.samples
             warnings += [f"slice {k}: {text}" for text in res.warnings]
         for stage, ms in results[0].timings.items():
             timings[stage] = timings.get(stage, 0.0) + ms
+
     def back(array: np.ndarray, lead: int) -> np.ndarray:  # the slice axis back where it was taken from
         return np.ascontiguousarray(np.moveaxis(array, lead, lead + axis))
 
@@ -104,12 +96,10 @@ def segment_volume(segmenter, volume, n: int = 16, axis: int | None = None, seed
                         timings=timings, warnings=warnings)
 
 
-def _check_memory(segmenter, shape, classes: int, n: int, return_samples: bool) -> None:
+def _check_memory(segmenter, shape, options) -> None:
     """Refuse, before any work, volumes whose results would not fit the Segmenter's limit."""
-    per_voxel = 4 * classes + 4 + 1 + (n if return_samples else 0)
-    need = per_voxel * int(np.prod(shape))
-    if need > segmenter.memory_limit:
-        raise InvalidArgumentError(
-            f"a volume of {'x'.join(map(str, shape))} voxels needs about {need / 2 ** 30:.1f} GiB for its "
-            f"results (n={n}{', with samples' if return_samples else ''}), more than memory_limit "
-            f"({segmenter.memory_limit / 2 ** 30:.1f} GiB): leave out the samples or raise Segmenter(memory_limit=...)")
+    n = options.draws
+    check_memory(shape, volume_bytes_per_voxel(segmenter.config.num_classes, n, options.return_samples),
+                 segmenter.memory_limit,
+                 f"a volume of {'x'.join(map(str, shape))} voxels (n={n}{', with samples' if options.return_samples else ''})",
+                 "leave out the samples or raise Segmenter(memory_limit=...)")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
+from ..options import EngineOptions, SegmentOptions
+from .oip.limits import DEFAULT_MAX_N, DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
@@ -27,10 +29,12 @@ LOOPBACK = "127.0.0.1"
 @dataclass
 class ServeConfig:
     model: str | None = None
-    backend: str = "auto"
-    precision: str = "auto"
-    n: int = 16  # samples per image or slice, unless a request asks otherwise
-    steps: int | None = None  # None: the model's
+    # How the model runs and how images and series are sampled: None takes EngineOptions' and
+    # SegmentOptions' defaults (a request may ask for its own n, steps and seed).
+    backend: str | None = None
+    precision: str | None = None
+    n: int | None = None
+    steps: int | None = None
     seed: int | None = None  # DICOM series; None: derived from the SeriesInstanceUID (reproducible)
     http: str = f"{LOOPBACK}:8000"  # HOST:PORT or "off"
     dicom: str | None = None  # HOST:PORT of the DICOM node; None: no node
@@ -45,19 +49,21 @@ class ServeConfig:
     token_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    max_request_mb: float = 64.0
-    max_n: int = 128  # the most samples one HTTP request may ask for
+    max_request_mb: float = DEFAULT_MAX_REQUEST_BYTES / 2 ** 20
+    max_n: int = DEFAULT_MAX_N  # the most samples one HTTP request may ask for
 
     def check(self) -> "ServeConfig":
         """Refuse settings that cannot work together, naming the setting."""
         if not self.model:
             raise InvalidArgumentError("no model: pass -m MODEL or set model in the config file")
-        for name in ("n", "queue", "max_n"):
+        for name in ("queue", "max_n"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
-        if self.n > self.max_n:
-            raise InvalidArgumentError(f"n ({self.n}) is more than max_n ({self.max_n})")
+        self.engine_options()
+        n = self.segment_options().n
+        if n > self.max_n:
+            raise InvalidArgumentError(f"n ({n}) is more than max_n ({self.max_n})")
         if not self.quiet > 0 or not self.max_request_mb > 0:
             raise InvalidArgumentError("quiet and max_request_mb must be positive")
         if self.http_address is None and self.dicom_address is None:
@@ -73,6 +79,15 @@ class ServeConfig:
             if self.spool is None:
                 raise InvalidArgumentError("the DICOM node needs --spool DIR (received instances wait there)")
         return self
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions.of(**{k: v for k, v in (("backend", self.backend), ("precision", self.precision))
+                                   if v is not None})
+
+    def segment_options(self) -> SegmentOptions:
+        """How series (and, for what a request does not say, images) are segmented."""
+        given = {"n": self.n, "steps": self.steps, "seed": self.seed, "select": self.select}
+        return SegmentOptions.of(**{k: v for k, v in given.items() if v is not None})
 
     @property
     def http_address(self) -> tuple[str, int] | None:

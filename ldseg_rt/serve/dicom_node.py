@@ -8,9 +8,10 @@ A series is received, then processed, then delivered:
   durably to the spool before 0x0000 is answered. DIMSE has no "series complete": a series is
   complete when no instance of it arrived for `quiet` seconds and every association that sent
   one has been released or aborted.
-- processing (the worker thread): the spooled series is read, segmented with a seed derived
-  from its SeriesInstanceUID (so a rerun after a crash gives the same result) and its results
-  written whole into the spool. A series the rule does not pick is "skipped", one that cannot
+- processing (the worker thread): the spooled series goes through the per-case workflow
+  (ldseg_rt.workflow.run_case), with a seed derived from its SeriesInstanceUID unless one is
+  configured (so a rerun after a crash gives the same result), its results written whole into
+  the spool. A series the rule does not pick is "skipped", one that cannot
   be read or segmented is "failed" (its instances kept under the spool's failed/); both are
   done at once, never retried.
 - delivering (the delivery thread): sent or copied, retried with backoff until it succeeds;
@@ -23,7 +24,6 @@ Crash safety rests on the spool (ldseg_rt.serve.spool): start() rebuilds this st
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import logging
 import threading
 import time
@@ -32,10 +32,12 @@ from datetime import datetime, timezone
 
 from pynetdicom import AE, StoragePresentationContexts, evt
 
-from ..errors import DatasetError, InvalidArgumentError, LdsegError, ServiceBusyError
+from ..errors import InvalidArgumentError, LdsegError, ServiceBusyError
 from ..io.atomic import check_writable
-from ..io.dicom_series import SeriesRule, find_series, select_series, series_volume
-from ..io.results import algorithm_identity, reproduction_record, write_case
+from ..io.cases import Case
+from ..options import SegmentOptions
+from ..seeds import name_seed
+from ..workflow import run_case
 from .delivery import SENT_OBJECTS, DeliveryThread, Destination, copy_case, send_objects
 from .spool import Spool, check_uid, idempotency_key
 
@@ -47,11 +49,6 @@ CANNOT_UNDERSTAND = 0xC000
 DEFAULT_MIN_FREE_BYTES = 2 ** 30
 RECEIVING, PROCESSING, DELIVERING = "receiving", "processing", "delivering"
 _ENDINGS = {"EVT_RELEASED": "released", "EVT_ABORTED": "aborted", "EVT_CONN_CLOSE": "connection closed"}
-
-
-def series_seed(series_uid: str) -> int:
-    """The seed of a series without a configured one: 63 bits of sha256(SeriesInstanceUID)."""
-    return int.from_bytes(hashlib.sha256(series_uid.encode()).digest()[:8], "big") >> 1
 
 
 @dataclass(eq=False)
@@ -81,13 +78,14 @@ class DicomNode:
     docstring). destination ("AE@HOST:PORT" or a Destination) or output_dir, not both."""
 
     def __init__(self, segmenter, work, metrics, spool: Spool, *, ae_title: str = "LDSEG_RT",
-                 allowed_aes=("SCANNER",), destination=None, output_dir=None, n: int = 16,
-                 steps: int | None = None, seed: int | None = None, rule=None, quiet: float = 5.0,
-                 retry: float = 10.0, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
-        """allowed_aes: the calling AE titles accepted; quiet: seconds without an instance after
-        which a series whose associations have ended is complete; retry: seconds before a
-        failed delivery is tried again (doubling); min_free_bytes: free disk below which new
-        series are refused."""
+                 allowed_aes=("SCANNER",), destination=None, output_dir=None, options: SegmentOptions | None = None,
+                 quiet: float = 5.0, retry: float = 10.0, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
+        """allowed_aes: the calling AE titles accepted; options: how each series is segmented
+        (its seed: the configured one, else derived from the SeriesInstanceUID; its select
+        rule picks the series to segment, others are skipped; formats and samples are the
+        node's own); quiet: seconds without an instance after which a series whose
+        associations have ended is complete; retry: seconds before a failed delivery is tried
+        again (doubling); min_free_bytes: free disk below which new series are refused."""
         if (destination is None) == (output_dir is None):
             raise InvalidArgumentError("give exactly one of destination (AE@HOST:PORT) and output_dir")
         if isinstance(allowed_aes, str) or not allowed_aes:
@@ -99,10 +97,9 @@ class DicomNode:
         self.ae_title, self.allowed_aes = ae_title, list(allowed_aes)
         self.destination = Destination.parse(destination) if isinstance(destination, str) else destination
         self.output_dir = None if output_dir is None else check_writable(output_dir, folder=True)
-        self.n, self.steps, self.seed = n, steps, seed
-        self.rule = SeriesRule.parse(rule) if isinstance(rule, str) else rule
+        self.options = SegmentOptions.of(options, return_samples=False, progress=False,
+                                         formats=("dicom-seg",) if self.destination else ("nifti", "dicom-seg"))
         self.quiet, self.retry, self.min_free_bytes = quiet, retry, min_free_bytes
-        self.formats = ("dicom-seg",) if self.destination else ("nifti", "dicom-seg")
         self._lock = threading.Lock()
         self._series: dict[str, _Series] = {}
         self._associations: dict[object, _Association] = {}
@@ -276,42 +273,37 @@ class DicomNode:
         uid = series.uid
         log.info("series %s: complete, segmenting %d instance(s)", uid, self.spool.instance_count(uid))
         try:
-            outcome, reason = self._segment(uid)
-        except OSError as e:  # the disk, not the series: try again later
-            log.error("series %s: results not written (%s); retry in %g s", uid, e, self.retry)
+            outcome = self._segment(uid)
+        except Exception as e:  # a bug, not the series: done, as failed, rather than retried forever
+            log.error("series %s: failed: %s", uid, e, exc_info=True)
+            self._finish_safely(uid, "failed", f"{type(e).__name__}: {e}")
+            return
+        if outcome.retryable:  # the disk, not the series: try again later
+            log.error("series %s: not segmented (%s); retry in %g s", uid, outcome.detail, self.retry)
             with self._lock:
                 series.state, series.due = RECEIVING, time.monotonic() + self.retry
-            return
-        except Exception as e:  # what fails on this series would fail again: done, as failed
-            log.error("series %s: failed: %s", uid, e, exc_info=not isinstance(e, LdsegError))
-            outcome, reason = "failed", f"{type(e).__name__}: {e}"
-        if outcome == "segmented":
+        elif outcome.status == "ok":
             series.state = DELIVERING
             self._delivery.schedule(uid)
-            return
+        else:  # what fails on this series would fail again: done, as failed (or skipped: not picked)
+            if outcome.status == "failed":
+                log.error("series %s: failed: %s", uid, outcome.detail)
+            self._finish_safely(uid, outcome.status, outcome.detail)
+
+    def _segment(self, uid: str):
+        """The spooled series through the per-case workflow, into the spool's results."""
+        seed = self.options.seed if self.options.seed is not None else name_seed(uid)
+        case = Case(uid, self.spool.instances(uid), "dicom-series")
+        record = {"input": f"DICOM C-STORE to {self.ae_title}", "series_uid": uid,
+                  "idempotency_key": self._key(uid)}
+        return run_case(self.segmenter, case, self.spool.results(uid), SegmentOptions.of(self.options, seed=seed),
+                        model=self.segmenter.model_name, record=record)
+
+    def _finish_safely(self, uid: str, outcome: str, reason: str) -> None:
         try:
             self._finish(uid, outcome, reason)
         except OSError as e:
             log.error("series %s: %s but not recorded done (%s); the next start processes it again", uid, outcome, e)
-
-    def _segment(self, uid: str) -> tuple[str, str | None]:
-        """Segment the spooled series into the spool's results: (outcome, why skipped)."""
-        folder = self.spool.instances(uid)
-        found = find_series(folder)
-        try:
-            series = select_series(found, self.rule)
-        except DatasetError as e:
-            return "skipped", str(e)
-        volume = series_volume(series)
-        seed = self.seed if self.seed is not None else series_seed(uid)
-        seg = self.segmenter
-        result = seg.segment_volume(volume, n=self.n, seed=seed, steps=self.steps, return_samples=False,
-                                    progress=False)
-        sidecar = {"case": uid, "input": f"DICOM C-STORE to {self.ae_title}", "series_uid": uid,
-                   "idempotency_key": self._key(uid), **reproduction_record(seg, result, self.n, self.steps,
-                                                                            volume.array.shape)}
-        write_case(self.spool.results(uid), result, self.formats, seg.class_names, sidecar, algorithm_identity(seg))
-        return "segmented", None
 
     # --- delivering (on the delivery thread)
     def _deliver(self, uid: str) -> None:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from .. import Segmenter
-from ..io.dicom_series import SeriesRule
 from .config import ServeConfig
 from .prometheus import Metrics
 from .work import WorkQueue
@@ -28,7 +27,7 @@ class Service:
         self.config = config.check()
         token = config.token()
         start = time.perf_counter()
-        self.segmenter = Segmenter(config.model, backend=config.backend, precision=config.precision)
+        self.segmenter = Segmenter(config.model, options=config.engine_options())
         log.info("model %s (%s, sha256 %s) on %s %s, loaded in %.1f s", self.segmenter.model_name, config.model,
                  (self.segmenter.model_sha256 or "-")[:12], self.segmenter.backend_name, self.segmenter.precision,
                  time.perf_counter() - start)
@@ -37,9 +36,9 @@ class Service:
         self.http = self.dicom = None
         self.http_port = self.dicom_port = None
         if config.http_address is not None:
-            from .http_server import HttpServer
-            from .oip import create_app
-            app = create_app(self.segmenter, self.work, self.metrics, n=config.n, token=token,
+            from .oip.routes import create_app
+            from .oip.server import HttpServer
+            app = create_app(self.segmenter, self.work, self.metrics, options=config.segment_options(), token=token,
                              max_request_bytes=int(config.max_request_mb * 2 ** 20), max_n=config.max_n)
             self.http = HttpServer(app, *config.http_address, certfile=config.tls_cert, keyfile=config.tls_key)
         if config.dicom_address is not None:
@@ -48,10 +47,9 @@ class Service:
             from .spool import Spool
             self.dicom = DicomNode(
                 self.segmenter, self.work, self.metrics, Spool(Path(config.spool)), ae_title=config.ae_title,
-                allowed_aes=config.allow_ae, n=config.n, steps=config.steps, seed=config.seed, quiet=config.quiet,
+                allowed_aes=config.allow_ae, options=config.segment_options(), quiet=config.quiet,
                 destination=Destination.parse(config.destination) if config.destination else None,
-                output_dir=Path(config.output_dir) if config.output_dir else None,
-                rule=SeriesRule.parse(config.select) if config.select else None)
+                output_dir=Path(config.output_dir) if config.output_dir else None)
 
     def start(self) -> "Service":
         try:

@@ -11,7 +11,7 @@ import pytest
 from distributed_cases import MODEL, assert_exactly_once, files_sha256
 from ldseg_rt.cli import main
 from ldseg_rt.errors import BackendError
-from ldseg_rt.workflow import SegmentOptions
+from ldseg_rt import SegmentOptions
 from ldseg_rt.io.cases import find_cases
 
 OPTIONS = SegmentOptions(n=2, steps=4, progress=False)  # conftest.FLAGS as options

@@ -15,12 +15,12 @@ import pytest
 import ray
 
 from distributed_cases import FLAGS, MODEL, assert_exactly_once, files_sha256, write_cases
+from ldseg_rt import RayOptions, SegmentOptions
 from ldseg_rt.cli import main
 from ldseg_rt.distributed import CaseWorker, segment_on_ray
-from ldseg_rt.workflow import SegmentOptions
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own, of its own fields
-OPTIONS = SegmentOptions(n=2, steps=4, progress=False)  # FLAGS as options; --seed 11 below
+OPTIONS = SegmentOptions(n=2, steps=4, progress=False)  # FLAGS as options; the seed (--seed 11) below
 HANG_GUARD = 600  # seconds after which a run that gave no answer is taken for hung (a deadlock guard, not a speed limit)
 
 
@@ -137,8 +137,9 @@ def test_killed_workers_lose_nothing_and_duplicate_nothing(study, reference, tmp
             os.kill(pid, signal.SIGKILL)
 
     out = tmp_path / "out"
-    report = bounded(lambda: segment_on_ray([str(study)], MODEL, out, options=OPTIONS, seed=11, workers=2,
-                                            progress=False, worker=killing_worker(marker, "vol2"),
+    report = bounded(lambda: segment_on_ray([str(study)], MODEL, out, options=SegmentOptions.of(OPTIONS, seed=11),
+                                            cluster=RayOptions(workers=2, progress=False),
+                                            worker=killing_worker(marker, "vol2"),
                                             on_case=kill_first_worker))
     assert [o.status for o in report.outcomes] == ["ok"] * len(names), [o.detail for o in report.outcomes]
     assert_exactly_once(out, names, reference)
@@ -167,8 +168,8 @@ def test_an_interrupted_run_is_finished_by_a_rerun(study, reference, tmp_path, c
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        bounded(lambda: segment_on_ray([str(study)], MODEL, out, options=OPTIONS, seed=11, resume=True, workers=2,
-                                       progress=False, on_case=interrupt))
+        bounded(lambda: segment_on_ray([str(study)], MODEL, out, options=SegmentOptions.of(OPTIONS, seed=11),
+                                       cluster=RayOptions(workers=2, progress=False), resume=True, on_case=interrupt))
     first = json.loads((out / "manifest.json").read_text())
     assert first["summary"]["interrupted"] and first["summary"]["ok"] >= 1
     done = {p.name: (p / "result.json").stat().st_mtime_ns for p in out.iterdir() if (p / "result.json").is_file()}
@@ -196,8 +197,8 @@ def test_a_case_that_kills_every_worker_is_reported_lost(tmp_path):
     study = write_cases(tmp_path / "cases", volumes=2, seed=3)
     marker = tmp_path / "killed"
     uri = (tmp_path / "out").as_uri()
-    report = bounded(lambda: segment_on_ray([str(study)], MODEL, uri, options=OPTIONS, seed=5, workers=2,
-                                            retries=1, progress=False,
+    report = bounded(lambda: segment_on_ray([str(study)], MODEL, uri, options=SegmentOptions.of(OPTIONS, seed=5),
+                                            cluster=RayOptions(workers=2, retries=1, progress=False),
                                             worker=killing_worker(marker, "vol0", every_time=True)))
     status = {o.case: (o.status, o.detail) for o in report.outcomes}
     assert status["vol0"][0] == "failed" and status["vol0"][1].startswith("lost: its worker died on each of 2 tries")

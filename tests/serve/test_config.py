@@ -1,10 +1,14 @@
 """The service's settings: a TOML file, flags on top, and refusals that name the setting."""
+import subprocess
+import sys
+
 import pytest
 
 from ldseg_rt.cli import main
 from ldseg_rt.cli.serve import settings
 from ldseg_rt.errors import InvalidArgumentError
 from ldseg_rt.serve.config import ServeConfig, load_config, parse_address
+from ldseg_rt.serve.oip.limits import DEFAULT_MAX_N, DEFAULT_MAX_REQUEST_BYTES
 
 
 def _args(argv):
@@ -59,6 +63,16 @@ def test_defaults_are_safe():
     config = ServeConfig(model="builtin:phantom").check()
     assert config.http_address == ("127.0.0.1", 8000) and config.dicom_address is None
     assert config.token() is None
+
+
+def test_the_http_limits_are_the_endpoints_own():
+    """Said once, by the endpoint; and the settings read them without loading the web stack
+    (every command of the command line imports the settings)."""
+    config = ServeConfig()
+    assert config.max_n == DEFAULT_MAX_N and int(config.max_request_mb * 2 ** 20) == DEFAULT_MAX_REQUEST_BYTES
+    probe = ("import sys, ldseg_rt.serve.config\n"
+             "print([m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'uvicorn')])")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
 def test_token_file(tmp_path):

@@ -14,9 +14,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import MRImageStorage, ParametricMapStorage, SegmentationStorage
 
 from dicom_factory import write_series
-from ldseg_rt import Segmenter
+from ldseg_rt import SegmentOptions, Segmenter
+from ldseg_rt.cli import main
 from ldseg_rt.errors import InvalidArgumentError
-from ldseg_rt.io.dicom_series import SeriesRule, read_dicom_series
+from ldseg_rt.io.dicom_series import read_dicom_series
 from ldseg_rt.serve.delivery import Destination
 from ldseg_rt.serve.dicom_node import DicomNode
 from ldseg_rt.serve.prometheus import Metrics
@@ -115,13 +116,13 @@ def send(port: int, files) -> list[int]:
 
 
 @contextmanager
-def running_node(segmenter, spool_dir, capacity: int = 4, **options):
+def running_node(segmenter, spool_dir, capacity: int = 4, select: str | None = None, **options):
     """A started DicomNode (n=2, steps=2, quiet 0.5 s, retry 0.2 s) with a work queue of its
     own: (node, port, metrics); stopped, and its queue closed, after."""
     work, metrics = WorkQueue(capacity), Metrics()
     options = {"quiet": 0.5, "retry": 0.2, "min_free_bytes": 2 ** 20, **options}
     node = DicomNode(segmenter, work, metrics, Spool(spool_dir), ae_title=NODE_AE, allowed_aes=[SCANNER],
-                     n=N, steps=STEPS, **options)
+                     options=SegmentOptions(n=N, steps=STEPS, select=select), **options)
     port = node.start()
     try:
         yield node, port, metrics
@@ -308,6 +309,12 @@ def test_with_an_output_folder_the_case_folder_appears_whole(segmenter, series, 
     assert sidecar["n"] == N and sidecar["steps"] == STEPS and sidecar["model_sha256"] == segmenter.model_sha256
     for name, digest in sidecar["outputs"].items():
         assert hashlib.sha256((case / name).read_bytes()).hexdigest() == digest, name
+    # The same series through `segment` with the seed the node derived: the same bytes.
+    main(["segment", str(series[0]), "-m", "builtin:phantom", "-o", str(tmp_path / "segment"), "-n", str(N),
+          "--steps", str(STEPS), "--seed", str(derived_seed(series[2]))])
+    by_segment = tmp_path / "segment" / series[0].name
+    for name in ("mask.nii.gz", "probs.nii.gz", "uncertainty.nii.gz"):
+        assert (by_segment / name).read_bytes() == (case / name).read_bytes(), name
 
 
 def test_a_series_the_rule_does_not_pick_is_skipped_and_one_that_cannot_be_read_failed(segmenter, tmp_path):
@@ -317,17 +324,17 @@ def test_a_series_the_rule_does_not_pick_is_skipped_and_one_that_cannot_be_read_
     spool_dir = tmp_path / "spool"
     with destination_scp() as (pacs_port, received), \
             running_node(segmenter, spool_dir, destination=f"{PACS}@127.0.0.1:{pacs_port}",
-                         rule=SeriesRule.parse("modality=CT")) as (node, port, metrics):
+                         select="modality=CT") as (node, port, metrics):
         assert send(port, picked_out) == [0x0000] * 4
         uid = str(pydicom.dcmread(picked_out[0]).SeriesInstanceUID)
         skipped = wait_for(lambda: done_record(spool_dir, segmenter, uid), "the skipped record")
-        node.rule = None  # the gap, not the rule, must be why this one is not segmented
+        node.options = SegmentOptions.of(node.options, select=None)  # the gap, not the rule, must be why
         assert send(port, irregular) == [0x0000] * 4
         gap_uid = str(pydicom.dcmread(irregular[0]).SeriesInstanceUID)
         failed = wait_for(lambda: done_record(spool_dir, segmenter, gap_uid), "the failed record")
     assert received == []
     assert skipped["outcome"] == "skipped" and "no DICOM series matches" in skipped["reason"]
-    assert failed["outcome"] == "failed" and "InvalidImageError" in failed["reason"]
+    assert failed["outcome"] == "failed" and "slice" in failed["reason"], failed["reason"]
     assert len(list((spool_dir / "failed" / gap_uid).iterdir())) == 4  # kept for inspection
     assert spooled(spool_dir) == []
     assert counter(metrics, "ldseg_series_total", outcome="skipped") == 1

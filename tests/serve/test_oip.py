@@ -18,14 +18,19 @@ from tritonclient.utils import InferenceServerException
 import ldseg_rt
 from ldseg_rt import Segmenter
 from ldseg_rt.errors import InvalidImageError
-from ldseg_rt.serve.http_server import HttpServer
+from ldseg_rt.io.cases import find_cases
+from ldseg_rt.io.images import read_image, write_png
+from ldseg_rt.options import SampleOptions, SegmentOptions
+from ldseg_rt.serve.oip.routes import create_app
+from ldseg_rt.serve.oip.server import HttpServer
 from ldseg_rt.serve.prometheus import Metrics
-from ldseg_rt.serve.oip import create_app
 from ldseg_rt.serve.work import WorkQueue
+from ldseg_rt.workflow import run_case
 
 MODEL = "phantom"
 SERVER_N = 3  # the server's default n, distinct from the n requests set
 SHAPE = (37, 53)
+OUTPUTS = ("MASK", "PROBS", "UNCERTAINTY")  # what a request that lists none gets
 DTYPES = {"FP32": np.float32, "UINT8": np.uint8, "INT16": np.int16, "UINT16": np.uint16}
 TOKEN = "s3cret-token"
 
@@ -36,10 +41,10 @@ def segmenter() -> Segmenter:
 
 
 @contextmanager
-def serving(segmenter, capacity=4, **options):
+def serving(segmenter, capacity=4, options=SampleOptions(n=SERVER_N), **settings):
     """A server on a free loopback port with its own queue and metrics; stopped on exit."""
     work, metrics = WorkQueue(capacity), Metrics()
-    server = HttpServer(create_app(segmenter, work, metrics, n=SERVER_N, **options), "127.0.0.1", 0)
+    server = HttpServer(create_app(segmenter, work, metrics, options=options, **settings), "127.0.0.1", 0)
     port = server.start()
     try:
         yield SimpleNamespace(port=port, work=work, metrics=metrics,
@@ -142,7 +147,7 @@ def test_outputs_equal_sample_on_the_same_image(served, segmenter, datatype, cha
                    for name in ("MASK", "PROBS", "UNCERTAINTY", "SAMPLES")]
     result = served.client.infer(MODEL, [infer_input(img, binary)], outputs=outputs,
                                  parameters={"n": 2, "steps": 2, "seed": 11})
-    for name in ("MASK", "PROBS", "UNCERTAINTY") + (() if binary else ("SAMPLES",)):
+    for name in OUTPUTS + (() if binary else ("SAMPLES",)):
         np.testing.assert_array_equal(result.as_numpy(name), getattr(expected, name.lower()), err_msg=name)
         assert ("data" in result.get_output(name)) == (not binary and name != "UNCERTAINTY"), name
     assert result.as_numpy("MASK").dtype == np.uint8 and result.as_numpy("PROBS").dtype == np.float32
@@ -165,6 +170,31 @@ def test_defaults_and_a_drawn_seed_reproduce(served, segmenter):
     np.testing.assert_array_equal(result.as_numpy("PROBS"), again.probs)
     other = served.client.infer(MODEL, [infer_input(img)], parameters={"n": 2, "steps": 2})
     assert other.get_response()["parameters"]["seed"] != params["seed"]  # drawn afresh each time (2**-63 to fail)
+
+
+def test_the_app_options_are_what_a_request_does_not_say(segmenter):
+    img = image(seed=17)
+    with serving(segmenter, options=SampleOptions(n=3, steps=2, seed=5)) as s:
+        result = s.client.infer(MODEL, [infer_input(img)])
+    assert result.get_response()["parameters"] == {"seed": 5, "n": 3, "steps": 2}
+    expected = segmenter.sample(img, n=3, steps=2, seed=5)
+    for name in OUTPUTS:
+        np.testing.assert_array_equal(result.as_numpy(name), getattr(expected, name.lower()), err_msg=name)
+
+
+def test_the_same_bytes_as_segment_writes_for_the_case(served, segmenter, tmp_path):
+    """One image, n, steps and seed: the endpoint's outputs are, byte for byte, the arrays that
+    the per-case workflow (`segment`, the Ray actors, the DICOM node) writes for it."""
+    path = tmp_path / "case.png"
+    write_png(path, image(np.uint8, seed=13))
+    options = SegmentOptions(n=2, steps=2, seed=21, formats=("npy",))
+    outcome = run_case(segmenter, find_cases([path])[0], tmp_path / "out", options, model="builtin:phantom")
+    assert outcome.status == "ok", outcome.detail
+    result = served.client.infer(MODEL, [infer_input(read_image(path))], parameters={"n": 2, "steps": 2, "seed": 21})
+    for name in OUTPUTS:
+        written, sent = np.load(tmp_path / "out" / f"{name.lower()}.npy"), result.as_numpy(name)
+        assert (sent.dtype, sent.shape) == (written.dtype, written.shape), name
+        assert sent.tobytes() == written.tobytes(), name
 
 
 def test_versioned_path_and_reserved_parameters(served, segmenter):

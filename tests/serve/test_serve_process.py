@@ -249,7 +249,7 @@ def test_kill_9_with_series_in_flight_loses_nothing_and_sends_once(servers, tmp_
         dicom_port = free_port()
         args = ("-m", "builtin:phantom", "--http", "off", "--dicom", f"127.0.0.1:{dicom_port}", "--allow-ae", SCANNER,
                 "--destination", f"{DESTINATION}@127.0.0.1:{destination.port}", "--spool", str(tmp_path / "spool"),
-                "--quiet", "1", "-n", "16", "--steps", "10")
+                "--quiet", "0.5", "-n", "8", "--steps", "5")  # a series takes about 1 s: long enough to kill it
         first = servers(*args, name="first")
         scans = [write_scan(tmp_path / f"scan{k}", seed=10 + k) for k in range(3)]
         assert send_series(dicom_port, scans[0][1]) == [0] * 5
@@ -262,7 +262,7 @@ def test_kill_9_with_series_in_flight_loses_nothing_and_sends_once(servers, tmp_
 
         second = servers(*args, name="second")
         destination.wait_for([uid for uid, _ in scans], 2, timeout=180)
-        time.sleep(3)  # long enough for a duplicate to arrive, were one going to
+        time.sleep(2)  # longer than a series takes: a duplicate would have arrived by now
         assert destination.counts() == {uid: ["Parametric Map Storage", "Segmentation Storage"] for uid, _ in scans}
         assert second.terminate() == 0, second.log
         assert not list((tmp_path / "spool").rglob("*.dcm"))  # every series delivered and cleaned up

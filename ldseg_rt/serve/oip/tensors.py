@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import LdsegError
+from ...errors import LdsegError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The protocol's numeric datatypes this codec carries, as little-endian numpy dtypes (BYTES,

@@ -9,7 +9,7 @@ import time
 
 import uvicorn
 
-from ..errors import InvalidArgumentError
+from ...errors import InvalidArgumentError
 
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 30.0  # seconds for uvicorn to start serving on a bound socket
