@@ -58,10 +58,6 @@ class _Options:
                                        f"{', '.join(sorted(known))}")
         return dataclasses.replace(options, **settings) if settings else options
 
-    def changed(self) -> dict:
-        """The settings that differ from the defaults (what a record needs to say)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != f.default}
 
 
 @dataclass(frozen=True, kw_only=True)

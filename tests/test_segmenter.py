@@ -8,7 +8,6 @@ import torch
 from ldseg_rt import Segmenter
 from ldseg_rt.diffusion.oracle import reference_sample
 from ldseg_rt.diffusion.tables import ldseg_table
-from ldseg_rt.errors import InvalidArgumentError
 from ldseg_rt.pipeline.preprocess import prepare
 
 

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 
 from pynetdicom import AE, StoragePresentationContexts, evt
 
-from ..errors import InvalidArgumentError, LdsegError, ServiceBusyError
+from ..errors import InvalidArgumentError, ServiceBusyError
 from ..io.atomic import check_writable
 from ..io.cases import Case
 from ..options import SegmentOptions
