@@ -128,12 +128,9 @@ def _config(head_dim: int, dtype: torch.dtype, interpreted: bool) -> tuple[int, 
     with triton 3.9 for sm_90a at num_warps=8, num_stages=2 (tests/kernels/test_attention_kernel.py
     recompiles them ahead of time; benchmarks/gpu_check.py reads the spills on the GPU). fp32
     dots in "ieee" run on the FMA units, not the tensor cores, and hold their operands in
-    registers, so they take smaller tiles: the former 128 x 64 fp32 tile at 4 warps spilled
-    60 B (D 16), 17.0 KB (D 32) and 5.3 KB (D 64) per thread, and 64 x 32 at D 128 20.8 KB.
-    Registers per thread, no spills, of the tiles below: fp32 212 (D 16), 95, 162, 186 (D 128);
-    fp16/bf16 118 (D 16), 153, 211, 220 (D 128, where 128 x 64 would spill 252 B). The
-    interpreter pays ~15 ms of Python per loop step whatever the tile, so it takes the largest
-    tiles numpy handles quickly.
+    registers, so they take smaller tiles (the spills and register counts are in
+    benchmarks/RESULTS.md, "Triton kernels"). The interpreter pays a fixed Python cost per loop
+    step whatever the tile, so it takes the largest tiles numpy handles quickly.
     """
     block_d = max(16, triton.next_power_of_2(head_dim))
     if interpreted:

@@ -7,10 +7,10 @@ import os
 
 # PyTorch's CPU threads wait for each other in GNU OpenMP barriers that spin for 300,000 rounds by
 # default before sleeping: on a machine whose cores other programs also use, a thread spins while
-# the one it waits for is descheduled, and calls collapse (built-in model at n=16 on 2 cores with
-# one busy program: 5.6x its quiet time, worst call 27 s). 1,000 rounds cost nothing quiet and keep
-# it at 2.3x (benchmarks/busy_machine.py). OpenMP reads this once, when torch is first imported: it
-# applies only if ldseg_rt is imported before torch, and never overrides a value the user set.
+# the one it waits for is descheduled, and calls collapse. 1,000 rounds cost nothing quiet and keep
+# a busy machine's calls near their fair share (section speed/busy_machine of benchmarks/RESULTS.md).
+# OpenMP reads this once, when torch is first imported: it applies only if ldseg_rt is imported
+# before torch, and never overrides a value the user set.
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from .configs import CONFIGS, LDSegConfig, get_config  # noqa: E402

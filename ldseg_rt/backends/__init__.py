@@ -7,8 +7,8 @@ and says what it is: `name`, `precision`, `device`, `config`.
 What each runs: torch, any model (a bundle's weights, a checkpoint, a model in memory);
 onnxruntime, openvino and tensorrt, a bundle's ONNX graphs. "auto" picks tensorrt when a CUDA
 GPU and TensorRT are present and the engine is a bundle, else torch on the GPU; on a CPU, an
-LDSeg bundle runs on openvino where it is installed (glas512 at n=16 on a 2-core AVX2 CPU: 1.2-1.3x
-onnxruntime, same samples), a pixel-space one (and LDSeg's without openvino) on onnxruntime, and
+LDSeg bundle runs on openvino where it is installed (faster than onnxruntime there, same samples:
+section speed/end_to_end of benchmarks/RESULTS.md), a pixel-space one (and LDSeg's without openvino) on onnxruntime, and
 anything else on torch (it has no graphs to run).
 
 precision="auto" is the backend's first precision, except that openvino runs a bundle in bf16 where
@@ -67,9 +67,8 @@ def choose_backend(source, device: torch.device) -> str:
         return "tensorrt" if isinstance(source, Bundle) and tensorrt_available() else "torch"
     if not isinstance(source, Bundle):
         return "torch"
-    # OpenVINO ran LDSeg's networks faster than onnxruntime but the pixel-space U-Net slower (2-core
-    # AVX2: glas512 n=16 5.3 s against 6.2 s; amb128 16.9 s against 15.9 s, its denoiser 114-130 ms
-    # per sample against 91-99).
+    # OpenVINO ran LDSeg's networks faster than onnxruntime but the pixel-space U-Net slower
+    # (sections speed/end_to_end and speed/denoiser_batch of benchmarks/RESULTS.md).
     if source.manifest["family"] == "ambiguous" or not openvino_available():
         return "onnxruntime"
     return "openvino"

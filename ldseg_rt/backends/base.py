@@ -11,17 +11,17 @@ from ..diffusion.plan import SamplingPlan
 from ..diffusion.sampler import sample_latents
 
 NETWORKS = ("image_encoder", "denoiser", "decoder")
-# Samples per decoder call on a CPU. ONNX Runtime, glas512 decoder, one thread: 0.45, 0.43
-# and 0.45 s per sample at batch 1, 4 and 16, so a small batch costs nothing and keeps the
-# decoder's working set (0.5 GB per 32-channel 512x512 activation at batch 16) small.
+# Samples per decoder call on a CPU: the time per sample hardly depends on the batch there
+# (benchmarks/RESULTS.md, "CPU speed"), so a small batch costs nothing and keeps the decoder's
+# working set (a 32-channel 512x512 activation per sample) small.
 CPU_DECODE_BATCH = 4
 # Rows per denoiser call on a CPU for the pixel-space family, whose U-Net works at the image's
-# size: per sample it is slower at batch 16 than at 1 or 4 (amb128, ms per sample at batch
-# 1/4/16: torch 148/147/179, onnxruntime 91/93/99, openvino 114/116/130). LDSeg's denoiser on
-# 32x32 latents is fastest at 16 (glas512, torch 16.4/7.9/5.1 ms), so it takes every row at once.
+# size: per sample it is slower at batch 16 than at 1 or 4 on every backend. LDSeg's denoiser on
+# small latents is fastest at the largest batch, so it takes every row at once (section
+# speed/denoiser_batch of benchmarks/RESULTS.md).
 CPU_PIXEL_DENOISE_BATCH = 4
-# A volume's decoder works on millions of voxels per sample (0.5 GB per 32-channel activation
-# of a 128x128x256 knee volume): fewer samples per call, so that a call stays within about
+# A volume's decoder works on millions of voxels per sample (a 32-channel activation of a
+# 128x128x256 knee volume holds 4 bytes x 32 x 4M): fewer samples per call, so that a call stays within about
 # what CPU_DECODE_BATCH 512x512 images take on a CPU, and 16 of them on a GPU.
 CPU_DECODE_VOXELS = CPU_DECODE_BATCH * 512 * 512
 GPU_DECODE_VOXELS = 16 * 512 * 512

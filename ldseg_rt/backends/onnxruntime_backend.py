@@ -37,8 +37,8 @@ class OnnxRuntimeBackend(Backend):
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        # Memory patterns pre-plan one block per input shape: no faster here after the first
-        # call, slower on the second, and 1.1 GB more peak RSS (glas512 image encoder).
+        # Memory patterns pre-plan one block per input shape: no faster after the first call,
+        # slower on the second, and far more peak RSS (benchmarks/RESULTS.md, "CPU speed").
         options.enable_mem_pattern = False
         self._sessions = {net: _session(bundle, net, options, providers) for net in NETWORKS}
         self._inputs = {net: [i.name for i in s.get_inputs()] for net, s in self._sessions.items()}

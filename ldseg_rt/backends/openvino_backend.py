@@ -46,7 +46,7 @@ class OpenVinoBackend(Backend):
         self._core = openvino.Core()
         self._graphs = {net: _read(self._core, bundle, net) for net in NETWORKS}
         # Threads not pinned to cores: a pinned thread cannot move off a core another program is
-        # busy on (built-in model, n=16, 2 cores, one busy program: 1.56 s pinned, 1.00 s not).
+        # busy on (section speed/busy_machine of benchmarks/RESULTS.md).
         self._settings = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY",
                           "INFERENCE_NUM_THREADS": torch.get_num_threads(), "ENABLE_CPU_PINNING": False}
         self._compiled: OrderedDict = OrderedDict()

@@ -3,8 +3,8 @@ norms, the time embedding and LDSeg's class head (the 1x1 convolution to the cla
 and the softmax) kept in fp32, run under torch.autocast, which feeds each layer
 in the dtype it wants (norms in fp32, matmuls and convolutions in fp16/bf16). On a GPU both
 work; on a CPU, bf16 only where the hardware multiplies bf16 (AVX-512 bf16 or AMX): without
-it oneDNN declines and PyTorch falls back to a reference convolution about 100x slower than
-fp32 (glas512 decoder, one image: 66 s against 0.7 s on an AVX2 CPU).
+it oneDNN declines and PyTorch falls back to a reference convolution orders of magnitude slower
+than fp32 (benchmarks/RESULTS.md, "CPU speed").
 
 On CUDA, fp32 means IEEE fp32: cuDNN convolutions (and cuBLAS matmuls, if the caller allowed
 it) would otherwise run in TF32, ~1e-3 relative instead of ~1e-6."""
@@ -78,8 +78,8 @@ def cast_model(model: nn.Module, device: torch.device, precision: str) -> nn.Mod
 
 def to_channels_last(model: nn.Module, everything: bool) -> None:
     """Convolution weights channels_last, in place, so oneDNN runs the convolutions in that
-    layout. Eager fp32, glas512, one thread: image encoder 1.08x and decoder 1.27x faster;
-    the denoiser's small maps 0.93x, so fp32 keeps it NCHW (`everything` for bf16, where
+    layout: faster for the image encoder and the decoder in eager fp32, slower for the
+    denoiser's small maps (benchmarks/RESULTS.md, "CPU speed"), so fp32 keeps it NCHW (`everything` for bf16, where
     oneDNN wants channels_last throughout). Volumes' networks: channels_last_3d."""
     layout = torch.channels_last if model.config.spatial_dims == 2 else torch.channels_last_3d
     for name in ("image_encoder", "denoiser", "decoder"):

@@ -4,7 +4,7 @@ and precision, against two plain-PyTorch baselines run in the same process with 
 weights.
 
     python -m ldseg_rt bench [--quick] [--configs small amb_small] [--n 1 16] [--threads 2]
-    python benchmarks/run.py ...                                   # the same
+    python benchmarks/speed/end_to_end.py ...                      # the same, as benchmarks/ runs it
 
 What is measured, per row (config, backend, precision, n):
 - latency_ms: median over --repeats calls of `sample(image, n, seed=0)` after --warmup calls
@@ -32,17 +32,16 @@ Threads: --threads sets torch.set_num_threads before anything is built; the onnx
 backend gives its sessions torch's thread count, and the matmul rate is measured with it.
 The C++ sampler's step math uses its own threads (one per hardware thread).
 
-The table is printed, rewritten between the markers `<!-- bench:start -->` and
-`<!-- bench:end -->` of benchmarks/RESULTS.md (appended at its end if absent; the rest of the
-file is left untouched), and written to benchmarks/results.json, one record per row with
-exactly the keys of ROW_KEYS. Unavailable backend/precision combinations are skipped with
-the reason printed.
+The table is printed, rewritten between the markers `<!-- begin speed/end_to_end -->` and
+`<!-- end speed/end_to_end -->` of benchmarks/RESULTS.md (appended at its end if absent; the
+rest of the file is left untouched), and written to benchmarks/results.json, one record per
+row with exactly the keys of ROW_KEYS; --no-write writes neither. Unavailable
+backend/precision combinations are skipped with the reason printed.
 """
 from .baselines import eager_batched, eager_per_sample
 from .flops import flops_per_call, network_flops, network_inputs
 from .harness import ROW_KEYS, Bench, Workload, add_arguments, main, plan_backends, run
-from .report import MARK_END, MARK_START, rewrite_section
+from .report import write_section
 
-__all__ = ["Bench", "MARK_END", "MARK_START", "ROW_KEYS", "Workload", "add_arguments", "eager_batched",
-           "eager_per_sample", "flops_per_call", "main", "network_flops", "network_inputs", "plan_backends",
-           "rewrite_section", "run"]
+__all__ = ["Bench", "ROW_KEYS", "Workload", "add_arguments", "eager_batched", "eager_per_sample", "flops_per_call",
+           "main", "network_flops", "network_inputs", "plan_backends", "run", "write_section"]

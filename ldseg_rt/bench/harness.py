@@ -2,7 +2,7 @@
 backend/precision/device combinations this machine can run, `Bench`, which measures one row
 (latency, peak memory, FLOPs, matmul fraction, speedups over the eager baselines) and keeps
 what rows share, and the command line (`add_arguments`, `run`, `main`) that runs the rows,
-prints the table and writes results.json and the RESULTS.md section."""
+prints the table and writes results.json and its RESULTS.md section."""
 from __future__ import annotations
 
 import argparse
@@ -27,7 +27,8 @@ from .busy import busy
 from .flops import flops_per_call
 from .machine import (MATMUL_SIZE, RSS_METHODS, PeakMemory, describe_machine, machine_info, matmul_gflops, rss_method,
                       timed)
-from .report import format_text_table, markdown_section, rewrite_section, table_rows
+from .report import format_text_table, markdown_section, table_rows, write_section
+from .script import add_no_write
 
 ROW_KEYS = ("config", "backend", "precision", "n", "steps", "latency_ms", "samples_per_s", "flops", "gflops_per_s",
             "fraction_of_matmul", "speedup_vs_eager_per_sample", "speedup_vs_eager_batched", "peak_rss_mb",
@@ -38,6 +39,7 @@ QUICK = {"configs": ("small", "amb_small"), "n": (1, 4), "warmup": 1, "repeats":
 SEED = 0  # the sampling seed of every timed call
 _REPO_BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 DEFAULT_DIR = _REPO_BENCHMARKS if _REPO_BENCHMARKS.is_dir() else Path("benchmarks")
+SECTION = "speed/end_to_end"  # its section of RESULTS.md, named after the script benchmarks/ runs it by
 
 
 class Workload:
@@ -245,7 +247,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "per core each); the table shows the ratio to the quiet time")
     parser.add_argument("--out-json", default=str(DEFAULT_DIR / "results.json"))
     parser.add_argument("--results-md", default=str(DEFAULT_DIR / "RESULTS.md"),
-                        help="markdown file whose bench section is rewritten ('' to skip)")
+                        help=f"markdown file whose section '{SECTION}' is rewritten ('' to skip)")
+    add_no_write(parser, "--out-json or --results-md")
+    parser.set_defaults(command_name=parser.prog)
     return parser
 
 
@@ -295,22 +299,22 @@ def run(args) -> list[dict]:
 
     header, rows = table_rows(records, bench.extras)
     print(format_text_table(header, rows))
-    if args.out_json:
+    if args.out_json and not args.no_write:
         out = Path(args.out_json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([{k: r[k] for k in ROW_KEYS} for r in records], indent=1) + "\n")
         print(f"wrote {out}")
-    if args.results_md:
+    if args.results_md and not args.no_write:
         section = markdown_section(records, bench.extras, info, matmul, bench.baselines, skipped,
                                    _command_line(args), bench.rss_method)
-        rewrite_section(Path(args.results_md), section)
-        print(f"rewrote the bench section of {args.results_md}")
+        write_section(Path(args.results_md), SECTION, section)
+        print(f"rewrote section {SECTION} of {args.results_md}")
     return records
 
 
 def _command_line(args) -> str:
     """The options that shaped the run, as a command line."""
-    parts = ["python -m ldseg_rt bench"]
+    parts = [args.command_name]
     if args.quick:
         parts.append("--quick")
     for flag, value in (("--configs", args.configs), ("--n", args.n), ("--repeats", args.repeats),
@@ -323,9 +327,10 @@ def _command_line(args) -> str:
     return " ".join(parts)
 
 
-def main(argv=None) -> list[dict]:
+def main(argv=None, prog: str = "python -m ldseg_rt bench") -> list[dict]:
+    """prog: the command as its user types it, named in the help and in the RESULTS.md section."""
     from . import __doc__ as overview  # the package's docstring, as before the split
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m ldseg_rt bench", description=overview.split("\n\n")[0],
+    parser = add_arguments(argparse.ArgumentParser(prog=prog, description=overview.split("\n\n")[0],
                                                    formatter_class=argparse.RawDescriptionHelpFormatter))
     return run(parser.parse_args(argv))
 

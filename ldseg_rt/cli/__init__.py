@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import bench as bench_harness
     bench = bench_harness.add_arguments(sub.add_parser(
         "bench", help="benchmark sample() per configuration, n, backend and precision against eager PyTorch; "
-                      "print the table, rewrite benchmarks/RESULTS.md's bench section and results.json"))
+                      "print the table, rewrite its section of benchmarks/RESULTS.md (speed/end_to_end) and "
+                      "results.json"))
     bench.set_defaults(run=bench_harness.run)
     train.add_parser(sub)
     fine_tuning.add_parsers(sub)

@@ -22,8 +22,8 @@ def resize_probs(probs: torch.Tensor, size: tuple[int, ...] | None) -> torch.Ten
 
 def class_argmax(probs: torch.Tensor, dim: int) -> torch.Tensor:
     """torch.argmax(probs, dim) as uint8 (the first of equal maxima), in one pass per class:
-    torch's argmax over the class axis of NCHW is strided and about 80x slower on the CPU
-    (800 ms against 10 for 16 x 2 x 512 x 512)."""
+    torch's argmax over the class axis of NCHW is strided and far slower on the CPU
+    (benchmarks/RESULTS.md, "CPU speed")."""
     best = probs.select(dim, 0)
     index = torch.zeros(best.shape, dtype=torch.uint8, device=probs.device)
     for c in range(1, probs.shape[dim]):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError
 from ..options import EngineOptions, SegmentOptions
+from .dicom_node import DEFAULT_AE_TITLE, DEFAULT_QUIET
 from .oip.limits import DEFAULT_MAX_N, DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,13 @@ class ServeConfig:
     seed: int | None = None  # DICOM series; None: derived from the SeriesInstanceUID (reproducible)
     http: str = f"{LOOPBACK}:8000"  # HOST:PORT or "off"
     dicom: str | None = None  # HOST:PORT of the DICOM node; None: no node
-    ae_title: str = "LDSEG_RT"
+    ae_title: str = DEFAULT_AE_TITLE
     allow_ae: list[str] = field(default_factory=list)
     destination: str | None = None  # AE@HOST:PORT
     output_dir: str | None = None
     spool: str | None = None
     select: str | None = None  # series rule, as `segment --select`
-    quiet: float = 5.0  # seconds without instances after which a series is complete
+    quiet: float = DEFAULT_QUIET
     queue: int = 8
     token_file: str | None = None
     tls_cert: str | None = None

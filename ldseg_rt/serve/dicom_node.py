@@ -47,6 +47,8 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 DEFAULT_MIN_FREE_BYTES = 2 ** 30
+DEFAULT_AE_TITLE = "LDSEG_RT"
+DEFAULT_QUIET = 5.0  # seconds without instances after which a series whose associations ended is complete
 RECEIVING, PROCESSING, DELIVERING = "receiving", "processing", "delivering"
 _ENDINGS = {"EVT_RELEASED": "released", "EVT_ABORTED": "aborted", "EVT_CONN_CLOSE": "connection closed"}
 
@@ -77,9 +79,9 @@ class DicomNode:
     """A storage SCP in front of a Segmenter; start() listens, stop() stops (see the module
     docstring). destination ("AE@HOST:PORT" or a Destination) or output_dir, not both."""
 
-    def __init__(self, segmenter, work, metrics, spool: Spool, *, ae_title: str = "LDSEG_RT",
+    def __init__(self, segmenter, work, metrics, spool: Spool, *, ae_title: str = DEFAULT_AE_TITLE,
                  allowed_aes=("SCANNER",), destination=None, output_dir=None, options: SegmentOptions | None = None,
-                 quiet: float = 5.0, retry: float = 10.0, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
+                 quiet: float = DEFAULT_QUIET, retry: float = 10.0, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
         """allowed_aes: the calling AE titles accepted; options: how each series is segmented
         (its seed: the configured one, else derived from the SeriesInstanceUID; its select
         rule picks the series to segment, others are skipped; formats and samples are the

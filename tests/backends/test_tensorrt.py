@@ -30,17 +30,15 @@ from ldseg_rt.backends.tensorrt_engines import (EngineCache, GpuIdentity, Profil
 from ldseg_rt.bundle import Bundle, load_bundle, sha256
 from ldseg_rt.diffusion.plan import sampling_plan
 from ldseg_rt.errors import BackendError, DeviceError, InvalidArgumentError
-from ldseg_rt.export import export_bundle
-from ldseg_rt.models.checkpoint import load_model
 
 GPU = GpuIdentity("Test GPU A", "sm_89")
 PROFILES = network_profiles(16, 2)
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return export_bundle(load_model("builtin:phantom"), tmp_path_factory.mktemp("trt") / "phantom.ldseg",
-                         check_batches=(1,), progress=False)
+def bundle(builtin_bundle, tmp_path_factory):
+    """A copy of the session's built-in bundle: the engine cache writes into it."""
+    return load_bundle(shutil.copytree(builtin_bundle.path, tmp_path_factory.mktemp("trt") / "phantom.ldseg"))
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The benchmark harness (ldseg_rt.bench, `python -m ldseg_rt bench`): a row's record, the
 FLOP accounting against counts taken here independently, the eager baselines against the
-Segmenter, and the rewrite of RESULTS.md's generated section. No timing assertions."""
+Segmenter, and the command writing results.json and its RESULTS.md section. No timing assertions."""
 import contextlib
 import json
 import math
@@ -120,18 +120,6 @@ def test_eager_baselines_match_the_segmenter(name, small_model, rng):
         assert (mask == res.mask).mean() >= 0.999, run.__name__
 
 
-def test_rewrite_section_keeps_the_rest_of_the_file(tmp_path):
-    md = tmp_path / "RESULTS.md"
-    md.write_text("# Results\n\nbefore\n")
-    first = f"{harness.MARK_START}\nfirst\n{harness.MARK_END}"
-    harness.rewrite_section(md, first)
-    assert md.read_text() == f"# Results\n\nbefore\n\n{first}\n"
-    md.write_text(md.read_text() + "\n## After\n\nkept\n")
-    second = f"{harness.MARK_START}\nsecond\n{harness.MARK_END}"
-    harness.rewrite_section(md, second)
-    assert md.read_text() == f"# Results\n\nbefore\n\n{second}\n\n## After\n\nkept\n"
-
-
 def test_cli_bench_writes_json_and_markdown(tmp_path, capsys):
     out, md = tmp_path / "results.json", tmp_path / "RESULTS.md"
     md.write_text("# Results\n")
@@ -143,13 +131,22 @@ def test_cli_bench_writes_json_and_markdown(tmp_path, capsys):
     assert [tuple(r) for r in records] == [harness.ROW_KEYS] * len(precisions)
     assert [(r["config"], r["backend"], r["precision"]) for r in records] == [("small", "torch", p) for p in precisions]
     text = md.read_text()
-    assert text.startswith("# Results\n") and text.count(harness.MARK_START) == 1 and text.count(harness.MARK_END) == 1
+    section = harness.harness.SECTION
+    assert text.startswith("# Results\n")
+    assert text.count(f"<!-- begin {section} -->") == 1 and text.count(f"<!-- end {section} -->") == 1
     assert "| small | torch | fp32 | 1 | 15 |" in text and "Machine:" in text
     printed = capsys.readouterr().out
     assert "latency ms" in printed
     if not torch.cuda.is_available():
         assert "skipped torch fp16: precision 'fp16' with backend 'torch' needs a CUDA device" in printed
         assert ("skipped torch bf16" in printed) == (not cpu_has_bf16())
+
+
+def test_cli_bench_no_write_leaves_the_files_alone(tmp_path):
+    out, md = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    cli_main(["bench", "--configs", "small", "--n", "1", "--repeats", "1", "--warmup", "0", "--backends", "torch",
+              "--out-json", str(out), "--results-md", str(md), "--no-write"])
+    assert not out.exists() and not md.exists()
 
 
 def test_largest_activation_set_by_hand(small_model):

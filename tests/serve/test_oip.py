@@ -182,6 +182,16 @@ def test_the_app_options_are_what_a_request_does_not_say(segmenter):
         np.testing.assert_array_equal(result.as_numpy(name), getattr(expected, name.lower()), err_msg=name)
 
 
+def test_auto_n_stops_at_the_servers_bound_and_reports_the_n_that_reproduces(segmenter):
+    img = image(seed=23)
+    with serving(segmenter, max_n=5) as s:
+        result = s.client.infer(MODEL, [infer_input(img)], parameters={"n": "auto", "seed": 9})
+    params = result.get_response()["parameters"]
+    assert params["n"] == 5  # the built-in model settles after 8 at the earliest: the bound stopped it
+    again = segmenter.sample(img, n=params["n"], seed=9)
+    np.testing.assert_array_equal(result.as_numpy("PROBS"), again.probs)
+
+
 def test_the_same_bytes_as_segment_writes_for_the_case(served, segmenter, tmp_path):
     """One image, n, steps and seed: the endpoint's outputs are, byte for byte, the arrays that
     the per-case workflow (`segment`, the Ray actors, the DICOM node) writes for it."""

@@ -31,12 +31,13 @@ def examples(cfg, count: int, first: int) -> list:
     return [data[first + i] for i in range(count)]
 
 
-@pytest.mark.parametrize("cfg", [CFG, CFG3D], ids=["2d", "3d"])
-def test_latent_pairs_are_the_encoders_outputs_of_each_flipped_example(cfg, rng):
+# 2-D checks the order of several examples' pairs; 3-D, whose encoders are slow, one example's flips
+@pytest.mark.parametrize("cfg, count", [(CFG, 2), (CFG3D, 1)], ids=["2d", "3d"])
+def test_latent_pairs_are_the_encoders_outputs_of_each_flipped_example(cfg, count, rng):
     net = model(cfg, int(rng.integers(100)))
-    data = examples(cfg, 2, int(rng.integers(1000)))
+    data = examples(cfg, count, int(rng.integers(1000)))
     pairs = LatentPairs(net, data, progress=False)
-    assert len(pairs) == 8 and len(LatentPairs(net, data, augment=False, progress=False)) == 2
+    assert len(pairs) == 4 * count and len(LatentPairs(net, data, augment=False, progress=False)) == count
     net.eval()
     with torch.no_grad():
         for i, (image, label) in enumerate(data):
@@ -69,22 +70,22 @@ def test_only_the_denoiser_changes_and_it_learns(tmp_path):
     start = model(CFG, 7)
     before = copy.deepcopy(start.state_dict())
     data = LatentPairs(start, examples(CFG, 2, 40), augment=False, progress=False)
-    trainer = Trainer(CFG, TrainSettings(steps=60, batch_size=4, denoiser_only=True, lr=3e-3), "cpu",
+    trainer = Trainer(CFG, TrainSettings(steps=30, batch_size=4, denoiser_only=True, lr=3e-3), "cpu",
                       model=start)
-    losses = [trainer.train_step(data)["loss"] for _ in range(60)]
+    losses = [trainer.train_step(data)["loss"] for _ in range(30)]
     after = trainer.model.state_dict()
     for key, value in before.items():
         assert torch.equal(value, after[key]) != key.startswith("denoiser."), key
-    # measured 0.37 of the first steps' mean at this point; a denoiser that does not learn stays near 1
-    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    # measured 0.26 of the first steps' mean at this point; a denoiser that does not learn stays near 1
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8])
 
 
 def test_resume_continues_exactly(tmp_path):
     data = examples(CFG, 2, 60)
-    settings = TrainSettings(steps=4, batch_size=2, checkpoint_every=2, denoiser_only=True, seed=3)
+    settings = TrainSettings(steps=2, batch_size=2, checkpoint_every=1, denoiser_only=True, seed=3)
     straight = Trainer(CFG, settings, "cpu", model=model(CFG, 9))
     straight.fit(data, tmp_path / "straight.pt", progress=False)
-    halves = Trainer(CFG, TrainSettings(**{**vars(settings), "steps": 2}), "cpu", model=model(CFG, 9))
+    halves = Trainer(CFG, TrainSettings(**{**vars(settings), "steps": 1}), "cpu", model=model(CFG, 9))
     halves.fit(data, tmp_path / "halves.pt", progress=False)
     resumed = Trainer.resume(tmp_path / "halves.pt", settings, "cpu")
     resumed.fit(data, tmp_path / "halves.pt", progress=False)

@@ -101,7 +101,8 @@ def test_tuning_changes_three_networks_on_a_copy_and_lowers_the_loss(small_model
     cfg = small_model.config
     dataset = [build_dataset(cfg, "synthetic")[int(i)] for i in rng.integers(100_000, size=4)]
     before = {k: v.clone() for k, v in small_model.state_dict().items()}
-    settings = SamplerTuningSettings(steps=12, batch_size=4, lr=1e-3, seed=int(rng.integers(1000)))
+    # 6 steps at 3e-3 lower the loss to 0.82-0.86 of it over a dozen seeds (12 at 1e-3 did as much, slower)
+    settings = SamplerTuningSettings(steps=6, batch_size=2, lr=3e-3, seed=int(rng.integers(1000)))
     tuned = tune_sampler(small_model, dataset, settings, progress=False)
     for name, value in small_model.state_dict().items():
         assert torch.equal(value, before[name])  # the caller's model is untouched
@@ -119,7 +120,7 @@ def test_tuning_changes_three_networks_on_a_copy_and_lowers_the_loss(small_model
 
 def test_same_seed_same_weights(small_model):
     dataset = build_dataset(small_model.config, "synthetic")
-    runs = [tune_sampler(small_model, dataset, SamplerTuningSettings(steps=2, batch_size=2, seed=seed),
+    runs = [tune_sampler(small_model, dataset, SamplerTuningSettings(steps=2, batch_size=1, seed=seed),
                          progress=False).state_dict() for seed in (7, 7, 8)]
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])

@@ -57,14 +57,14 @@ def states_equal(a: dict, b: dict) -> bool:
 
 def test_resume_continues_exactly(tmp_path, rng):
     data = random_examples(rng, 6)
-    settings = TrainSettings(steps=4, batch_size=2, checkpoint_every=2, seed=int(rng.integers(1000)))
+    settings = TrainSettings(steps=2, batch_size=2, checkpoint_every=1, seed=int(rng.integers(1000)))
     straight = Trainer(CFG, settings, device="cpu")
     straight.fit(data, tmp_path / "straight.pt", progress=False)
 
-    first = Trainer(CFG, TrainSettings(**{**settings.__dict__, "steps": 2}), device="cpu")
+    first = Trainer(CFG, TrainSettings(**{**settings.__dict__, "steps": 1}), device="cpu")
     first.fit(data, tmp_path / "half.pt", progress=False)
     resumed = Trainer.resume(tmp_path / "half.pt", settings, device="cpu")
-    assert resumed.step == 2
+    assert resumed.step == 1
     resumed.fit(data, tmp_path / "resumed.pt", progress=False)
 
     assert states_equal(straight.model.state_dict(), resumed.model.state_dict())
@@ -85,13 +85,13 @@ def test_checkpoint_holds_ema_weights_and_config(tmp_path, rng):
 
 
 def test_training_learns(rng):
-    data = random_examples(rng, 4)
-    trainer = Trainer(CFG, TrainSettings(steps=40, batch_size=4, augment=False), device="cpu")
-    first = [trainer.train_step(data)["loss"] for _ in range(5)]
-    for _ in range(30):
+    data = random_examples(rng, 2)
+    trainer = Trainer(CFG, TrainSettings(steps=16, batch_size=2, lr=3e-3, augment=False), device="cpu")
+    first = [trainer.train_step(data)["loss"] for _ in range(2)]
+    for _ in range(12):
         trainer.train_step(data)
-    last = [trainer.train_step(data)["loss"] for _ in range(5)]
-    assert np.mean(last) < 0.6 * np.mean(first)
+    last = [trainer.train_step(data)["loss"] for _ in range(2)]
+    assert np.mean(last) < 0.6 * np.mean(first)  # 0.51-0.53 over ten seeds; at random it stays near 1
 
 
 def test_cli_trains_resumes_and_writes_an_inference_copy(tmp_path, rng, capsys):

@@ -42,12 +42,12 @@ def test_3d_losses_match_float64_recomputation(rng):
 def test_3d_training_learns():
     data = build_dataset(CFG, "synthetic")
     examples = [data[i] for i in range(2)]
-    trainer = Trainer(CFG, TrainSettings(steps=24, batch_size=2, augment=False), device="cpu")
-    first = [trainer.train_step(examples)["loss"] for _ in range(4)]
-    for _ in range(16):
+    trainer = Trainer(CFG, TrainSettings(steps=12, batch_size=2, lr=3e-3, augment=False), device="cpu")
+    first = [trainer.train_step(examples)["loss"] for _ in range(2)]
+    for _ in range(8):
         trainer.train_step(examples)
-    last = [trainer.train_step(examples)["loss"] for _ in range(4)]
-    assert np.mean(last) < 0.85 * np.mean(first)  # measured 0.77 at this point; at random it stays near 1
+    last = [trainer.train_step(examples)["loss"] for _ in range(2)]
+    assert np.mean(last) < 0.85 * np.mean(first)  # measured 0.75 at this point; at random it stays near 1
 
 
 def test_cli_trains_a_3d_model_on_nifti_volumes_and_exports_it(tmp_path, capsys):
@@ -58,7 +58,7 @@ def test_cli_trains_a_3d_model_on_nifti_volumes_and_exports_it(tmp_path, capsys)
         nib.save(nib.Nifti1Image((volume * 800).astype(np.int16), np.eye(4)), tmp_path / "img" / f"Case{i}.nii.gz")
         nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "lab" / f"Case{i}_label.nii.gz")
     cli_main(["train", "--config", "small3d", "--data", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
-              "--steps", "3", "--batch-size", "2", "--out", str(tmp_path / "m.pt")])
+              "--steps", "1", "--batch-size", "2", "--out", str(tmp_path / "m.pt")])
     assert "training small3d on 2 examples" in capsys.readouterr().out
     from ldseg_rt.export.__main__ import main as export_main
     export_main([str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.ldseg"), "--check-batches", "1",

@@ -57,6 +57,8 @@ class RequestParser:
         outputs = requested(parsed.outputs, binary)
         options = SampleOptions.of(self.defaults, n=n, steps=steps, seed=seed,
                                    return_samples=any(name == "SAMPLES" for name, _ in outputs))
+        if options.draws > self.max_n:  # n="auto" stops at the server's bound as a number n does
+            options = SampleOptions.of(options, max_n=self.max_n)
         return InferCall(parsed.id, image, options, outputs)
 
     async def body(self, request: Request) -> bytes:

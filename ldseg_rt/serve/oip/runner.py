@@ -39,7 +39,7 @@ class ModelRunner:
         header = {"model_name": self.model, "model_version": VERSION}
         if call.id is not None:
             header["id"] = call.id
-        header["parameters"] = {"seed": result.seed, "n": call.options.n, "steps": call.options.steps}
+        header["parameters"] = {"seed": result.seed, "n": result.n, "steps": call.options.steps}
         if result.warnings:
             header["parameters"]["warnings"] = [str(w) for w in result.warnings]
         body, header_length = encode_response(header, [(name, getattr(result, name.lower()), binary)

@@ -2,15 +2,19 @@
 at batch 1, denoiser and decoder at batch 16 (n = 16 samples of one image), random weights,
 on torch and onnxruntime (CPU); torch on CUDA and TensorRT too where there is a GPU (and the
 tensorrt package), skipped otherwise. Each call takes and returns numpy, as sample() drives
-the backends.
+the backends. A pytest-benchmark suite; options go to pytest, and --no-write leaves
+benchmarks/RESULTS.md as it is.
 
-    .venv/bin/python -m pytest benchmarks/bench_networks.py --benchmark-columns=median,iqr,rounds
+    python benchmarks/speed/network_calls.py [pytest options]
 """
+import sys
+
 import pytest
 import torch
 
 from ldseg_rt.backends import create_backend, tensorrt_available
 from ldseg_rt.bench import network_inputs
+from ldseg_rt.bench.script import run_suite
 from ldseg_rt.configs import get_config
 from ldseg_rt.export import export_bundle
 from ldseg_rt.models import build_model
@@ -54,3 +58,7 @@ def test_network_call(benchmark, model, bundle, backends, backend_id, network):
     inputs = [t.numpy() for t in network_inputs(model.config, N)[network]]
     backend.run(network, *inputs)  # first call: engine builds, CUDA graph capture, allocator warm-up
     benchmark(backend.run, network, *inputs)
+
+
+if __name__ == "__main__":
+    sys.exit(run_suite(__file__))

@@ -1,9 +1,10 @@
 """Load on the service: `python -m ldseg_rt serve` started as the README says, on loopback,
 driven by many concurrent HTTP clients (Open Inference Protocol JSON requests), bounded in
 count and in time. Prints, per scenario, throughput, p50/p95/p99 latency, and the requests
-answered, refused (503 with Retry-After) and lost or failed.
+answered, refused (503 with Retry-After) and lost or failed, and writes them to its section of
+benchmarks/RESULTS.md unless --no-write.
 
-    .venv/bin/python benchmarks/load.py [--requests 64] [--size 64] [-n 4] [--queue 8]
+    python benchmarks/service/load.py [--requests 64] [--size 64] [-n 4] [--queue 8]
 
 Scenarios: clients at most the queue limit plus the one running (nothing may be refused or
 lost), then a flood of 4x as many clients (some are refused at once with 503; clients that
@@ -12,28 +13,25 @@ honour Retry-After retry, and every request is answered in the end).
 import argparse
 import http.client
 import json
-import platform
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
+
+from ldseg_rt.bench.report import format_markdown_table
+from ldseg_rt.bench.script import parse_args, publish
+
+HEADER = ["scenario", "clients", "requests", "answered 200", "refused 503", "retries", "lost or failed",
+          "throughput (req/s)", "p50 ms", "p95 ms", "p99 ms"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_name() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
-    kind = "AVX-512 bf16" if "avx512_bf16" in info else "AVX2" if "avx2" in info else "no AVX2"
-    return f"{names[0] if names else platform.processor()}, {len(names)} cores, {kind}"
 
 
 def direct_ms(image: np.ndarray, n: int, repeats: int = 15) -> float:
@@ -109,7 +107,7 @@ def main():
     parser.add_argument("-n", type=int, default=4, help="samples per request")
     parser.add_argument("--queue", type=int, default=8)
     parser.add_argument("--time-limit", type=float, default=300, help="seconds per scenario at most")
-    args = parser.parse_args()
+    args = parse_args(parser)
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:args.size, :args.size]
@@ -143,16 +141,14 @@ def main():
         server.terminate()
         server.wait(120)
     alone = direct_ms(image, args.n)  # after the server has gone: nothing else running
-    print(f"builtin:phantom, {args.size}x{args.size} image, n={args.n}, queue {args.queue}, {cpu_name()}\n")
-    print("| scenario | clients | requests | answered 200 | refused 503 | retries | lost or failed | "
-          "throughput (req/s) | p50 ms | p95 ms | p99 ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, r in rows:
-        print(f"| {name} | {r['clients']} | {r['requests']} | {r['ok']} | {r['busy']} | {r['retries']} | "
-              f"{r['lost'] + r['failed']} | {r['throughput']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} |")
-    print(f"\nsample() of the same image in one process, median: {alone:.0f} ms "
-          f"({1e3 / alone:.2f} per second, the ceiling of one model instance)")
-
+    table = format_markdown_table(HEADER, [
+        [name, r["clients"], r["requests"], r["ok"], r["busy"], r["retries"], r["lost"] + r["failed"],
+         f"{r['throughput']:.2f}", f"{r['p50']:.0f}", f"{r['p95']:.0f}", f"{r['p99']:.0f}"] for name, r in rows])
+    report = (f"builtin:phantom, {args.size}x{args.size} image, n={args.n}, queue {args.queue}, {args.requests} "
+              f"requests per scenario:\n\n{table}\n\nsample() of the same image in one process, median: "
+              f"{alone:.0f} ms ({1e3 / alone:.2f} per second, the ceiling of one model instance).")
+    print(report)
+    publish(__file__, report, no_write=args.no_write)
 
 if __name__ == "__main__":
     main()

@@ -1,11 +1,12 @@
 """Real data end to end through the clinical path: knee MRI case 5 of ../shared/data/ldseg-demo,
 written as a DICOM series (pydicom, from the NIfTI, so that the series reads back as the same
 voxels on the same grid), segmented with `python -m ldseg_rt segment` by the model that
-benchmarks/knee.py trained on cases 1-4, and scored against the case's label: volume Dice per
-class, from the NIfTI mask and from the DICOM Segmentation read back with highdicom.
+benchmarks/accuracy/knee.py trained on cases 1-4, and scored against the case's label: volume
+Dice per class, from the NIfTI mask and from the DICOM Segmentation read back with highdicom.
+Writes its section of benchmarks/RESULTS.md unless --no-write.
 
-    .venv/bin/python benchmarks/knee.py --work /tmp/ldseg_knee      # trains the model first
-    .venv/bin/python benchmarks/knee_dicom.py [--model /tmp/ldseg_knee/knee_small.pt] [-n 16]
+    python benchmarks/accuracy/knee.py --work /tmp/ldseg_knee      # trains the model first
+    python benchmarks/accuracy/knee_dicom.py [--model /tmp/ldseg_knee/knee_small.pt] [-n 16]
 """
 import argparse
 import json
@@ -21,10 +22,12 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from ldseg_rt.io.volume import LPS_TO_RAS
+from ldseg_rt.bench.report import format_markdown_table
+from ldseg_rt.bench.script import parse_args, publish, shared_data
 from ldseg_rt.io.nifti import read_nifti
+from ldseg_rt.io.volume import LPS_TO_RAS
 
-KNEE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ldseg-demo" / "Knee"
+KNEE = shared_data(__file__) / "ldseg-demo" / "Knee"
 
 
 def write_series(volume, folder: Path) -> None:
@@ -66,9 +69,9 @@ def main():
     parser.add_argument("--model", default="/tmp/ldseg_knee/knee_small.pt")
     parser.add_argument("-n", type=int, default=16)
     parser.add_argument("--axis", type=int, default=0, help="the slicing axis the model was trained on")
-    args = parser.parse_args()
+    args = parse_args(parser)
     if not KNEE.is_dir() or not Path(args.model).is_file():
-        print(f"skipped: needs {KNEE} and a model at {args.model} (benchmarks/knee.py trains it)")
+        print(f"skipped: needs {KNEE} and a model at {args.model} (benchmarks/accuracy/knee.py trains it)")
         return 0
     image, label = read_nifti(KNEE / "Image" / "Case5.nii.gz"), read_nifti(KNEE / "Label" / "Case5_label.nii.gz")
     with tempfile.TemporaryDirectory() as work:
@@ -89,12 +92,15 @@ def main():
             segment = frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber
             from_seg[:, :, index[uid]][seg.pixel_array[number].T > 0] = segment
     assert np.abs(mask.affine - image.affine).max() < 1e-4, "the result is not on the input's grid"
-    print(f"case 5 as a DICOM series of {image.array.shape[2]} files, segmented along voxel axis {args.axis} "
-          f"({image.array.shape[args.axis]} slices), model {args.model}, n={args.n}: {wall:.1f} s for the whole "
-          f"command; stages (ms) {record['timings_ms']}")
-    for c in (1, 2):
-        print(f"  class {c}: volume Dice {dice(mask.array, label.array, c):.3f} (NIfTI mask), "
-              f"{dice(from_seg, label.array, c):.3f} (DICOM Segmentation read back)")
+    table = format_markdown_table(["", "class 1", "class 2"], [
+        ["volume Dice, NIfTI mask written by `segment`", *(f"{dice(mask.array, label.array, c):.3f}" for c in (1, 2))],
+        ["volume Dice, DICOM Segmentation read back with highdicom",
+         *(f"{dice(from_seg, label.array, c):.3f}" for c in (1, 2))]])
+    report = (f"case 5 as a DICOM series of {image.array.shape[2]} files, segmented along voxel axis {args.axis} "
+              f"({image.array.shape[args.axis]} slices), model {args.model}, n={args.n}: {wall:.1f} s for the whole "
+              f"command; stages (ms) {record['timings_ms']}\n\n{table}")
+    print(report)
+    publish(__file__, report, no_write=args.no_write)
     return 0
 
 

@@ -1,22 +1,25 @@
 """First result on real MRI: train the `small` configuration on 2-D slices of the knee
 volumes in ../shared/data/ldseg-demo (cases 1-4), evaluate on case 5: Dice per bone class
 of the n=16 consensus, and how the uncertainty map relates to the errors. Skips without
-the data; writes nothing into the repository (the checkpoint goes to --work).
+the data. The checkpoint goes to --work; the figures to its section of benchmarks/RESULTS.md
+unless --no-write.
 
-    .venv/bin/python benchmarks/knee.py [--steps 2000] [--axis 0] [--work /tmp/ldseg_knee]
+    python benchmarks/accuracy/knee.py [--steps 2000] [--axis 0] [--work /tmp/ldseg_knee]
 """
 import argparse
 import sys
 from pathlib import Path
 
 from ldseg_rt import Segmenter
+from ldseg_rt.bench.report import evaluation_markdown
+from ldseg_rt.bench.script import parse_args, publish, shared_data
 from ldseg_rt.configs import get_config
 from ldseg_rt.evaluation.scoring import evaluate
 from ldseg_rt.io.nifti import read_volume, volume_slices
 from ldseg_rt.training.dataset import volume_data
 from ldseg_rt.training.trainer import Trainer, TrainSettings
 
-KNEE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ldseg-demo" / "Knee"
+KNEE = shared_data(__file__) / "ldseg-demo" / "Knee"
 
 
 def case(i: int):
@@ -31,7 +34,7 @@ def main():
     parser.add_argument("-n", type=int, default=16)
     parser.add_argument("--work", default="/tmp/ldseg_knee", help="where the checkpoint is kept")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --work")
-    args = parser.parse_args()
+    args = parse_args(parser)
     if not KNEE.is_dir():
         print(f"skipped: {KNEE} is absent")
         return 0
@@ -48,8 +51,10 @@ def main():
     image, label = (read_volume(p)[0] for p in case(5))
     slices = list(zip(volume_slices(image.astype("float32"), args.axis), volume_slices(label, args.axis)))
     result = evaluate(Segmenter(str(checkpoint)), slices, n=args.n)
-    print(f"case 5, {len(slices)} slices along axis {args.axis}, consensus of n={args.n}")
-    print(result.summary())
+    report = (f"case 5, {len(slices)} slices along axis {args.axis}, consensus of n={args.n}, after {args.steps} "
+              f"training steps:\n\n{evaluation_markdown(result)}")
+    print(report)
+    publish(__file__, report, no_write=args.no_write)
     return 0
 
 

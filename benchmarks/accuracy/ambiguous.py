@@ -4,10 +4,13 @@ scale b = 0.1 against eps-prediction with b = 1 at the same training budget, nex
 oracle (samples drawn from the true distribution) and a deterministic U-Net (one mask per
 image). GED and HM-IoU of N samples against M annotations, mean over held-out images.
 
-    python benchmarks/ambiguous.py train x-b0.1 --steps 3000     # each variant, any order
-    python benchmarks/ambiguous.py train eps-b1 --steps 3000
-    python benchmarks/ambiguous.py train deterministic --steps 3000
-    python benchmarks/ambiguous.py evaluate                        # the table
+    python benchmarks/accuracy/ambiguous.py train x-b0.1 --steps 3000     # each variant, any order
+    python benchmarks/accuracy/ambiguous.py train eps-b1 --steps 3000
+    python benchmarks/accuracy/ambiguous.py train deterministic --steps 3000
+    python benchmarks/accuracy/ambiguous.py evaluate                        # the table
+
+`evaluate` writes the table to its section of benchmarks/RESULTS.md unless --no-write (and to
+ambiguous_results.json in --out-dir, beside the checkpoints).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import torch
 from tqdm import tqdm
 
 from ldseg_rt import Segmenter
+from ldseg_rt.bench.report import format_markdown_table
+from ldseg_rt.bench.script import parse_args, publish
 from ldseg_rt.configs import get_config
 from ldseg_rt.data.ambiguous_lesions import AmbiguousDataset
 from ldseg_rt.evaluation.distribution import score_samples
@@ -91,11 +96,14 @@ def evaluate(args) -> None:
             seg = Segmenter(path, backend="torch", device="cpu")
             samplers[variant] = lambda case, k, seg=seg: seg.sample(case.image, n=args.n, seed=k).samples
     rows = {name: score_samples(draw, cases, desc=name).mean() for name, draw in samplers.items()}
-    print(f"\n{args.images} held-out synthetic cases, N={args.n} samples vs M={args.annotators} annotations")
-    print(f"{'model':<28}{'GED (lower better)':>22}{'HM-IoU (higher better)':>26}")
-    for name, r in rows.items():
-        print(f"{name:<28}{r['ged']:>14.3f} +- {r['ged_sem']:.3f}{r['hm_iou']:>22.3f}")
+    table = format_markdown_table(["model", "GED (lower is better)", "HM-IoU (higher is better)"],
+                                  [[name, f"{r['ged']:.3f} +- {r['ged_sem']:.3f}", f"{r['hm_iou']:.3f}"]
+                                   for name, r in rows.items()])
+    report = (f"{args.images} held-out synthetic cases, N={args.n} samples vs M={args.annotators} annotations, "
+              f"mean over cases (+- standard error of the GED):\n\n{table}")
+    print(report)
     (args.out_dir / "ambiguous_results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    publish(__file__, report, no_write=args.no_write)
 
 
 def main() -> None:
@@ -110,7 +118,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100, help="held-out cases to evaluate")
     parser.add_argument("--annotators", type=int, default=4)
     parser.add_argument("-n", type=int, default=16, help="samples per image")
-    args = parser.parse_args()
+    args = parse_args(parser)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.command == "train":
         if args.variant is None:

@@ -1,8 +1,9 @@
 """Each fused kernel's plain torch path (the `*_reference` functions of ldseg_rt.kernels) at
 shapes LDSeg and the ambiguous family run, and the Triton kernels at the same shapes on CUDA
-(skipped without a GPU; the CPU interpreter is for correctness, not speed).
+(skipped without a GPU; the CPU interpreter is for correctness, not speed). A pytest-benchmark
+suite; options go to pytest, and --no-write leaves benchmarks/RESULTS.md as it is.
 
-    .venv/bin/python -m pytest benchmarks/bench_kernels.py --benchmark-columns=median,iqr,rounds
+    python benchmarks/speed/kernel_calls.py [pytest options]
 
 Shapes: attention (batch, heads, tokens, head dim) 1x8x4096x8 is glas512's image encoder
 at 64x64 (8 heads of 8 channels), 16x8x64x8 the denoiser's 8x8 level at n = 16; GroupNorm
@@ -11,9 +12,12 @@ at 64x64 (8 heads of 8 channels), 16x8x64x8 the denoiser's 8x8 level at n = 16; 
 latter drawing Philox noise); aggregation of 16 samples' probabilities, 2 classes at
 512x512 (glas512) and 3 at 128x128 (small).
 """
+import sys
+
 import pytest
 import torch
 
+from ldseg_rt.bench.script import run_suite
 from ldseg_rt.diffusion.tables import ldseg_table
 from ldseg_rt.kernels import aggregate, attention, diffusion_step, groupnorm
 
@@ -79,3 +83,7 @@ def test_aggregate(benchmark, path, shape):
     probs = torch.softmax(torch.randn(shape, generator=gen), dim=1).to(device)
     fn = aggregate.aggregate if path == "triton" else aggregate.aggregate_reference
     _run(benchmark, fn, probs, device=device)
+
+
+if __name__ == "__main__":
+    sys.exit(run_suite(__file__))

@@ -5,10 +5,10 @@ process, so every figure includes what a user waits for: Python and torch import
 load, and for Ray the cluster's start and the actors' start (the serial part). Checks that
 every run wrote byte-identical outputs. Every run, the single process too, gets
 OMP_WAIT_POLICY=PASSIVE unless --omp-spin: on a machine shared with other work, OpenMP threads
-that spin while they wait make torch many times slower (measured here: 16 cases took 480 s
-instead of 20 s), which measures the neighbours rather than ldseg_rt.
+that spin while they wait make torch many times slower, which measures the neighbours rather
+than ldseg_rt. Writes its section of benchmarks/RESULTS.md unless --no-write.
 
-    .venv/bin/python benchmarks/ray_throughput.py [--cases 16] [--size 64] [--depth 6] [-n 4]
+    python benchmarks/service/ray_throughput.py [--cases 16] [--size 64] [--depth 6] [-n 4]
         [--steps 15] [--threads-per-worker 1] [--rounds 2] [--json out.json]
 
 --threads-per-worker adds a `--ray --workers 2 --threads-per-worker T` run: fewer torch
@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,11 +28,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ldseg_rt.bench.machine import cpu_model
+from ldseg_rt.bench.report import format_markdown_table
+from ldseg_rt.bench.script import parse_args, publish
 
-def cpu_name() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
-    return f"{names[0] if names else platform.processor()}, {len(names)} logical CPUs"
+HEADER = ["run", "wall s (all runs)", "cases/hour", "speed-up", "busy cases/hour", "mean s per case", "Ray start s",
+          "worker start s (model load)", "outputs identical"]
 
 
 def load_average() -> str:
@@ -91,6 +91,16 @@ def run(name: str, study: Path, out: Path, flags: list[str], extra: list[str], e
     return row
 
 
+def table_row(r: dict) -> list[str]:
+    ray_start = f"{r['ray_start_seconds']:.1f}" if "ray_start_seconds" in r else "-"
+    worker = (f"{r['worker_start_seconds_mean']:.1f} ({r['model_load_seconds_mean']:.2f})"
+              if "worker_start_seconds_mean" in r else "-")
+    runs_text = ", ".join(f"{w:.1f}" for w in r["wall_seconds_all"])
+    return [r["name"], f"{r['wall_seconds']:.1f} ({runs_text})", f"{r['cases_per_hour']:.0f}", f"{r['speedup']:.2f}",
+            f"{r['busy_cases_per_hour']:.0f}", f"{r['case_seconds_mean']:.2f}", ray_start, worker,
+            f"{'yes' if r['identical_to_single_process'] else 'NO'} ({r['output_files']} files)"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=16)
@@ -106,7 +116,7 @@ def main() -> None:
                              "OMP_WAIT_POLICY=PASSIVE: on a machine others share, spinning threads make torch "
                              "many times slower, which would measure the neighbours, not ldseg_rt)")
     parser.add_argument("--json", help="write the figures here")
-    args = parser.parse_args()
+    args = parse_args(parser)
     import ray
     import torch
 
@@ -116,8 +126,8 @@ def main() -> None:
     if args.threads_per_worker:
         runs.append((f"--ray, 2 workers, {args.threads_per_worker} thread(s) each",
                      ["--ray", "--workers", "2", "--threads-per-worker", str(args.threads_per_worker)]))
-    conditions = {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "ray": ray.__version__,
-                  "torch": torch.__version__, "load_average_before": load_average(),
+    conditions = {"cpu": f"{cpu_model()}, {os.cpu_count()} logical CPUs", "torch_threads": torch.get_num_threads(),
+                  "ray": ray.__version__, "torch": torch.__version__, "load_average_before": load_average(),
                   "study": f"{args.cases} NIfTI volumes of {args.size}x{args.size}x{args.depth}, builtin:phantom, "
                            f"n={args.n}, steps={args.steps}"}
     env = dict(os.environ) if args.omp_spin else {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
@@ -144,23 +154,14 @@ def main() -> None:
         row.pop("outputs")
         row["speedup"] = round(rows[0]["wall_seconds"] / row["wall_seconds"], 2)
 
-    print(f"\n{conditions['study']}; {conditions['cpu']}; torch {conditions['torch']} on "
-          f"{conditions['torch_threads']} threads, OMP_WAIT_POLICY {conditions['omp_wait_policy']}; Ray "
-          f"{conditions['ray']}; load average before {conditions['load_average_before']}, after "
-          f"{conditions['load_average_after']}\n")
-    print("| run | wall s (all runs) | cases/hour | speed-up | busy cases/hour | mean s per case | Ray start s "
-          "| worker start s (model load) | outputs identical |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        ray_start = f"{r['ray_start_seconds']:.1f}" if "ray_start_seconds" in r else "-"
-        worker = (f"{r['worker_start_seconds_mean']:.1f} ({r['model_load_seconds_mean']:.2f})"
-                  if "worker_start_seconds_mean" in r else "-")
-        runs_text = ", ".join(f"{w:.1f}" for w in r["wall_seconds_all"])
-        print(f"| {r['name']} | {r['wall_seconds']:.1f} ({runs_text}) | {r['cases_per_hour']:.0f} | "
-              f"{r['speedup']:.2f} | {r['busy_cases_per_hour']:.0f} | {r['case_seconds_mean']:.2f} | {ray_start} | "
-              f"{worker} | {'yes' if r['identical_to_single_process'] else 'NO'} ({r['output_files']} files) |")
+    report = (f"{conditions['study']}; {conditions['cpu']}; torch {conditions['torch']} on "
+              f"{conditions['torch_threads']} threads, OMP_WAIT_POLICY {conditions['omp_wait_policy']}; Ray "
+              f"{conditions['ray']}; load average before {conditions['load_average_before']}, after "
+              f"{conditions['load_average_after']}:\n\n{format_markdown_table(HEADER, [table_row(r) for r in rows])}")
+    print(report)
     if args.json:
         Path(args.json).write_text(json.dumps({"conditions": conditions, "runs": rows}, indent=2) + "\n")
+    publish(__file__, report, no_write=args.no_write)
 
 
 if __name__ == "__main__":

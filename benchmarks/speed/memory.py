@@ -2,14 +2,21 @@
 nothing another case left behind counts): RSS once the Segmenter is loaded and has sampled
 once at n=1 (libraries, weights, sessions, lazily built caches), the peak RSS over two calls
 at n, their difference (the working memory of sample() at n), and the largest activation set
-(ldseg_rt.bench.activations). Linux only (reads /proc/self/status).
+(ldseg_rt.bench.activations). Linux only (reads /proc/self/status). Writes its section of
+benchmarks/RESULTS.md unless --no-write.
 
-    .venv/bin/python benchmarks/memory.py [--configs glas512 small] [--backends onnxruntime torch] [-n 16]
+    python benchmarks/speed/memory.py [--configs glas512 small] [--backends onnxruntime torch] [-n 16]
 """
 import argparse
 import json
 import subprocess
 import sys
+
+from ldseg_rt.bench.report import format_markdown_table, markdown_row
+from ldseg_rt.bench.script import parse_args, publish
+
+HEADER = ["config", "backend", "n", "RSS loaded MB", "peak RSS MB", "working MB", "largest activation set MB",
+          "working / largest"]
 
 CASE = r"""
 import json, sys
@@ -39,22 +46,29 @@ print(json.dumps({"loaded_mb": loaded, "peak_mb": peak, "activation_mb": activat
 """
 
 
+def case_row(name: str, backend: str, n: int) -> list[str]:
+    """One case, measured in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", CASE, name, backend, str(n)], capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()[-1]
+    r = json.loads(out)
+    working = r["peak_mb"] - r["loaded_mb"]
+    return [name, backend, str(n), f"{r['loaded_mb']:.0f}", f"{r['peak_mb']:.0f}", f"{working:.0f}",
+            f"{r['activation_mb']:.0f} ({r['where']})", f"{working / r['activation_mb']:.2f}"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=["glas512", "small"])
     parser.add_argument("--backends", nargs="+", default=["onnxruntime", "torch"])
     parser.add_argument("-n", type=int, default=16)
-    args = parser.parse_args()
-    print("| config | backend | n | RSS loaded MB | peak RSS MB | working MB | largest activation set MB | ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    args = parse_args(parser)
+    print(format_markdown_table(HEADER, []))
+    rows = []
     for name in args.configs:
         for backend in args.backends:
-            out = subprocess.run([sys.executable, "-c", CASE, name, backend, str(args.n)], capture_output=True,
-                                 text=True, check=True).stdout.strip().splitlines()[-1]
-            r = json.loads(out)
-            working = r["peak_mb"] - r["loaded_mb"]
-            print(f"| {name} | {backend} | {args.n} | {r['loaded_mb']:.0f} | {r['peak_mb']:.0f} | {working:.0f} | "
-                  f"{r['activation_mb']:.0f} ({r['where']}) | {working / r['activation_mb']:.2f} |", flush=True)
+            rows.append(case_row(name, backend, args.n))
+            print(markdown_row(rows[-1]), flush=True)
+    publish(__file__, format_markdown_table(HEADER, rows), no_write=args.no_write)
 
 
 if __name__ == "__main__":

@@ -2,19 +2,19 @@
 3-D networks on knee cases 1-4 of ../shared/data/ldseg-demo, case 5 segmented whole at n=16.
 
 The authors published their 3-D image encoder, label encoder and label decoder but not their
-denoiser (../shared/data/ldseg-official/README.md). Training all four networks from scratch costs
-~5 TFLOP per step at batch 1 (the encoders and decoder work on 128x128x256 volumes), days of these
-CPUs; so the published networks are kept frozen and only a denoiser is trained, on their latents
-(`python -m ldseg_rt train --from-keras DIR --config knee3d --denoiser-only`, the MSE term of the
-objective). The official networks may have been trained on data that includes these cases.
+denoiser (../shared/data/ldseg-official/README.md). Training all four networks from scratch on
+128x128x256 volumes is out of a CPU's reach (this script times one such step); so the published
+networks are kept frozen and only a denoiser is trained, on their latents (`python -m ldseg_rt
+train --from-keras DIR --config knee3d --denoiser-only`, the MSE term of the objective). The
+official networks may have been trained on data that includes these cases.
 
 Stages, each kept in --work so that a rerun skips what is done: the denoiser's training (the
 checkpoint), the export (the bundle), then case 5 evaluated (volume Dice per bone of the n=16
 consensus at the input's 240x104x160, uncertainty on wrong vs right voxels) and sample() timed per
-backend, and one step of four-network training timed. Needs ../shared; writes nothing into the
-project.
+backend, and one step of four-network training timed. Needs ../shared; the figures go to its
+section of benchmarks/RESULTS.md unless --no-write.
 
-    .venv/bin/python benchmarks/knee3d.py [--steps 4000] [--work /tmp/ldseg_knee3d] [--backends onnxruntime,torch]
+    python benchmarks/accuracy/knee3d.py [--steps 4000] [--work /tmp/ldseg_knee3d] [--backends onnxruntime,torch]
 """
 import argparse
 import sys
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ldseg_rt import Segmenter
-from ldseg_rt.bench.machine import describe_machine, machine_info
+from ldseg_rt.bench.report import evaluation_markdown, format_markdown_table
+from ldseg_rt.bench.script import parse_args, publish, shared_data
 from ldseg_rt.configs import get_config
 from ldseg_rt.evaluation.scoring import evaluate
 from ldseg_rt.export import export_bundle
@@ -36,9 +37,8 @@ from ldseg_rt.models.checkpoint import load_checkpoint
 from ldseg_rt.training.dataset import build_dataset
 from ldseg_rt.training.trainer import Trainer, TrainSettings
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-OFFICIAL = SHARED / "ldseg-official" / "savedModels"
-KNEE = SHARED / "ldseg-demo" / "Knee"
+OFFICIAL = shared_data(__file__) / "ldseg-official" / "savedModels"
+KNEE = shared_data(__file__) / "ldseg-demo" / "Knee"
 TRAIN_CASES, TEST_CASE = (1, 2, 3, 4), 5
 
 
@@ -109,6 +109,22 @@ def four_network_step_seconds(steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def measure_backends(bundle, image: np.ndarray, label: np.ndarray, backends: list[str], n: int):
+    """Case 5 evaluated on the first backend, then sample() of the volume once per backend (the first
+    after that warm-up): the evaluation, and each stage's time as a markdown table."""
+    rows, stages, evaluation = [], [], None
+    for backend in backends:
+        seg = Segmenter(bundle, backend=backend)
+        if evaluation is None:
+            evaluation = evaluate(seg, [(image, label)], n=n, progress=False)
+        timings = seg.sample(image, n=n, seed=1, return_samples=False).timings
+        stages = stages or list(timings)
+        rows.append([backend, *(f"{timings[k] / 1e3:.1f} s" for k in stages)])
+        print(f"sample() on {backend}, n={n}: " + ", ".join(f"{k} {v / 1e3:.1f} s" for k, v in timings.items()),
+              flush=True)
+    return evaluation, format_markdown_table(["backend", *stages], rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=4000, help="denoiser training steps")
@@ -118,30 +134,27 @@ def main():
     parser.add_argument("--four-network-steps", type=int, default=1, help="timed four-network steps (0: none)")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ldseg_knee3d"),
                         help="where the checkpoint and the bundle are kept (and found by a rerun)")
-    args = parser.parse_args()
+    args = parse_args(parser)
     if not (KNEE.is_dir() and OFFICIAL.is_dir()):
         print(f"skipped: {KNEE} or {OFFICIAL} is absent")
         return 0
-    print(describe_machine(machine_info(torch.device("cpu"))))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     bundle = exported(work, train_denoiser(work, TrainSettings(steps=args.steps, batch_size=args.batch_size,
                                                                 denoiser_only=True, checkpoint_every=500)))
     image, label = (read_volume(p)[0] for p in (KNEE / "Image" / f"Case{TEST_CASE}.nii.gz",
                                                 KNEE / "Label" / f"Case{TEST_CASE}_label.nii.gz"))
-    for i, backend in enumerate(args.backends.split(",")):
-        seg = Segmenter(bundle, backend=backend)
-        if i == 0:
-            result = evaluate(seg, [(image.astype(np.float32), np.rint(label).astype(np.int64))], n=args.n,
-                              progress=False)
-            print(f"case {TEST_CASE}, the whole volume {'x'.join(map(str, image.shape))}, consensus of n={args.n}")
-            print(result.summary())
-        res = seg.sample(image.astype(np.float32), n=args.n, seed=1, return_samples=False)
-        stages = ", ".join(f"{k} {v / 1e3:.1f} s" for k, v in res.timings.items())
-        print(f"sample() on {backend}, n={args.n}: {stages}")
+    backends = args.backends.split(",")
+    evaluation, timings = measure_backends(bundle, image.astype(np.float32), np.rint(label).astype(np.int64),
+                                           backends, args.n)
+    report = (f"case {TEST_CASE}, the whole volume {'x'.join(map(str, image.shape))}, consensus of n={args.n} "
+              f"({backends[0]}), denoiser trained {args.steps} steps:\n\n{evaluation_markdown(evaluation)}\n\n"
+              f"sample() of the volume at n={args.n}, one call per backend:\n\n{timings}")
     if args.four_network_steps:
-        print(f"one four-network training step, batch 1: {four_network_step_seconds(args.four_network_steps):.1f} s "
-              f"({torch.get_num_threads()} threads)")
+        report += (f"\n\nOne four-network training step, batch 1: "
+                   f"{four_network_step_seconds(args.four_network_steps):.1f} s ({torch.get_num_threads()} threads).")
+    print(report)
+    publish(__file__, report, no_write=args.no_write)
     return 0
 
 
