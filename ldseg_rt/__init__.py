@@ -17,14 +17,14 @@ from .configs import CONFIGS, LDSegConfig, get_config  # noqa: E402
 from .errors import (BackendError, BundleError, ConfigError, DatasetError, DeviceError, ExportError, ImageTypeError,
                      InvalidArgumentError, InvalidImageError, LdsegError, ModelLoadError, SeriesNotSelectedError,
                      ServiceBusyError)
-from .options import EngineOptions, RayOptions, SampleOptions, SegmentOptions, VolumeOptions
+from .options import EngineOptions, NodeOptions, RayOptions, SampleOptions, SegmentOptions, VolumeOptions
 from .pipeline.slicing import VolumeResult
 from .segmenter import SampleResult, Segmenter
 
 __version__ = "0.1.0"
 
 __all__ = ["Segmenter", "SampleResult", "VolumeResult",
-           "EngineOptions", "SampleOptions", "VolumeOptions", "SegmentOptions", "RayOptions",
+           "EngineOptions", "SampleOptions", "VolumeOptions", "SegmentOptions", "RayOptions", "NodeOptions",
            "LDSegConfig", "CONFIGS", "get_config",
            "LdsegError", "InvalidImageError", "ImageTypeError", "InvalidArgumentError", "BackendError", "DeviceError",
            "ModelLoadError", "BundleError", "ConfigError", "DatasetError", "SeriesNotSelectedError", "ExportError",

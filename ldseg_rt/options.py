@@ -6,6 +6,7 @@ dataclasses that the API, every command line, the service and Ray share.
     VolumeOptions   SampleOptions, and how a 2-D model cuts a volume: axis, max_batch, progress
     SegmentOptions  VolumeOptions, and what a case reads and writes: select (series rule), formats
     RayOptions      where a batch runs on Ray: address, workers and what each reserves, retries
+    NodeOptions     how the DICOM node meets the network: AE titles, completeness, timeouts, delivery
 
 A function that takes options takes them as `options=` and keyword settings on top of them:
 `seg.sample(img, n=8)` is `seg.sample(img, options=SampleOptions(n=8))`. Checks that need the
@@ -28,6 +29,12 @@ DEFAULT_MAX_BATCH = 8  # slices per batched pass through a 2-D model: n samples 
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _non_negative_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise InvalidArgumentError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
 
 
@@ -200,6 +207,48 @@ class RayOptions(_Options):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0):
                 raise InvalidArgumentError(f"{name} must be a non-negative number, got {value!r}")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, numbers.Integral) or self.retries < 0:
-            raise InvalidArgumentError(f"retries must be a non-negative integer, got {self.retries!r}")
+        self._set("retries", _non_negative_int(self.retries, "retries"))
         _flag(self.progress, "progress")
+
+
+def _positive_number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise InvalidArgumentError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeOptions(_Options):
+    """How the DICOM node meets the hospital's network. ae_title: its own; allowed_aes: the
+    calling AE titles it accepts (none: it cannot start); quiet: seconds without an instance
+    after which a series whose associations all ended with a normal release is complete;
+    incomplete_after: seconds a series that an aborted, timed-out or refused association left
+    incomplete waits for the rest before it is recorded failed; idle_timeout: seconds of silence
+    after which an association is released (the ACSE, DIMSE and network timeouts);
+    max_associations: open associations at once (more are rejected); send_retries and
+    send_backoff: failed deliveries retried that often, the first after that many seconds,
+    doubling; keep_received: keep a done series' instances (under the spool's received/);
+    min_free_bytes: free disk in the spool below which new series are refused."""
+    ae_title: str = "LDSEG_RT"
+    allowed_aes: tuple = ()
+    quiet: float = 5.0
+    incomplete_after: float = 600.0
+    idle_timeout: float = 30.0
+    max_associations: int = 32
+    send_retries: int = 10
+    send_backoff: float = 30.0
+    keep_received: bool = False
+    min_free_bytes: int = 2 ** 30
+
+    def __post_init__(self):
+        if not isinstance(self.ae_title, str) or not 0 < len(self.ae_title.strip()) <= 16:
+            raise InvalidArgumentError(f"ae_title must be 1 to 16 characters, got {self.ae_title!r}")
+        if isinstance(self.allowed_aes, str) or not all(isinstance(ae, str) and ae for ae in self.allowed_aes):
+            raise InvalidArgumentError(f"allowed_aes must be a list of calling AE titles, got {self.allowed_aes!r}")
+        self._set("allowed_aes", tuple(self.allowed_aes))
+        for name in ("quiet", "incomplete_after", "idle_timeout", "send_backoff"):
+            self._set(name, _positive_number(getattr(self, name), name))
+        self._set("max_associations", _positive_int(self.max_associations, "max_associations"))
+        for name in ("send_retries", "min_free_bytes"):
+            self._set(name, _non_negative_int(getattr(self, name), name))
+        _flag(self.keep_received, "keep_received")

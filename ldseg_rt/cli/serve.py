@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 
+from ..options import NodeOptions
 from ..serve.config import ServeConfig, load_config, split_list
 from .options import add_engine_arguments, add_sample_arguments, default
 
@@ -54,14 +55,13 @@ def add_parser(sub) -> None:
     serve.add_argument("--http", help="HOST:PORT of the HTTP endpoint (default 127.0.0.1:8000; off: none)")
     serve.add_argument("--dicom", help="HOST:PORT of the DICOM node (default: no node)")
     serve.add_argument("--ae-title", dest="ae_title",
-                       help=f"the node's AE title (default {default(ServeConfig, 'ae_title')})")
+                       help=f"the node's AE title (default {default(NodeOptions, 'ae_title')})")
     serve.add_argument("--allow-ae", dest="allow_ae", help="calling AE titles accepted, comma-separated")
     serve.add_argument("--destination", help="where results are sent by C-STORE: AE@HOST:PORT")
     serve.add_argument("--output-dir", dest="output_dir", help="write results to DIR/<SeriesInstanceUID>/ instead")
     serve.add_argument("--spool", help="folder where received instances wait (survives restarts)")
     serve.add_argument("--select", help="series rule: modality=MR,description=REGEX,largest (others are skipped)")
-    serve.add_argument("--quiet", type=float, help=f"seconds without instances after which a series is complete "
-                                                   f"(default {default(ServeConfig, 'quiet')})")
+    add_node_arguments(serve)
     serve.add_argument("--queue", type=int, help=f"jobs that may wait for the model; more are refused "
                                                  f"(default {default(ServeConfig, 'queue')})")
     serve.add_argument("--token-file", dest="token_file", help="file holding the bearer token HTTP clients must send")
@@ -72,3 +72,21 @@ def add_parser(sub) -> None:
     serve.add_argument("--max-n", dest="max_n", type=int,
                        help=f"most samples one HTTP request may ask for (default {default(ServeConfig, 'max_n')})")
     serve.set_defaults(run=run)
+
+
+def add_node_arguments(serve) -> None:
+    """How the DICOM node meets the network; the defaults are NodeOptions'."""
+    def number(flag, kind, text):
+        name = flag[2:].replace("-", "_")
+        serve.add_argument(flag, dest=name, type=kind, help=f"{text} (default {default(NodeOptions, name):g})")
+
+    number("--quiet", float, "seconds without instances after which a series whose associations were all released "
+                             "is complete")
+    number("--incomplete-after", float, "seconds a series left incomplete by an aborted, timed-out or refused "
+                                        "association waits for the rest before it is failed")
+    number("--idle-timeout", float, "seconds of silence after which an association is released")
+    number("--max-associations", int, "open associations at once; more are rejected")
+    number("--send-retries", int, "failed deliveries retried that often, then kept under SPOOL/undelivered/")
+    number("--send-backoff", float, "seconds before the first retry of a delivery, doubling (capped at 15 min)")
+    serve.add_argument("--keep-received", dest="keep_received", action="store_true", default=None,
+                       help="keep a done series' received instances (under SPOOL/received/)")

@@ -25,6 +25,8 @@ from .atomic import replacing
 MANUFACTURER = "ldseg_rt"
 MAX_FRACTIONAL_VALUE = 255  # probabilities are stored as round(p * 255) in 8 bits
 ROUNDING = 1e-5  # how far float32 rounding may take a probability past [0, 1]
+MAX_LT_CHARACTERS = 10240  # Image Comments is an LT
+WARNINGS_NOTE = "warnings in Image Comments"
 # What a segment is: generic codes from CID 7150 / 7151, as the classes are configurable.
 SEGMENT_CATEGORY = codes.SCT.Tissue
 SEGMENT_TYPE = codes.SCT.Tissue
@@ -95,7 +97,12 @@ def _segment_descriptions(class_names: list[str], algorithm: tuple[str, str] | N
             for number in range(1, len(class_names))]
 
 
-def _save(path, dataset: Dataset) -> Path:
+def _save(path, dataset: Dataset, warnings: Sequence[str] = ()) -> Path:
+    """Write `dataset` whole or not at all; the result's warnings go with it, so that a reader
+    who sees only the DICOM object still learns why it may not be trustworthy."""
+    if warnings:
+        dataset.ImageComments = "; ".join(map(str, warnings))[:MAX_LT_CHARACTERS]
+        dataset.ContentDescription = f"{dataset.ContentDescription} ({WARNINGS_NOTE})"[:64]
     with replacing(path) as tmp:
         dataset.save_as(tmp, enforce_file_format=True)
     return Path(path)
@@ -103,14 +110,15 @@ def _save(path, dataset: Dataset) -> Path:
 
 def write_segmentation(path, labels: np.ndarray, sources: Sequence[Dataset], class_names: Sequence[str],
                        probabilities: np.ndarray | None = None,
-                       algorithm: tuple[str, str] | None = None) -> Path:
+                       algorithm: tuple[str, str] | None = None, warnings: Sequence[str] = ()) -> Path:
     """Write the label map `labels` (I, J, K) of class ids 0..C-1 (0 = background) as a BINARY
     DICOM Segmentation with one segment per foreground class (segment number = class id,
     label = class name), derived from `sources`, the K source slices in k order.
 
     Given `probabilities` (C, I, J, K), a FRACTIONAL (probability) Segmentation of the
     foreground classes is written instead (see `write_probability_segmentation`).
-    `algorithm` = (name, version), ldseg_rt's own by default. Returns `path`."""
+    `algorithm` = (name, version), ldseg_rt's own by default; `warnings`, the result's, go into
+    Image Comments (and a note into Content Description). Returns `path`."""
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise InvalidArgumentError(f"labels must be a 3-D (I, J, K) array, got shape {labels.shape}")
@@ -118,7 +126,8 @@ def write_segmentation(path, labels: np.ndarray, sources: Sequence[Dataset], cla
         if np.shape(probabilities)[1:] != labels.shape:
             raise InvalidArgumentError(f"probabilities of shape {np.shape(probabilities)} do not fit labels of "
                                        f"shape {labels.shape}: expected (C, {', '.join(map(str, labels.shape))})")
-        return write_probability_segmentation(path, probabilities, sources, class_names, algorithm=algorithm)
+        return write_probability_segmentation(path, probabilities, sources, class_names, algorithm=algorithm,
+                                              warnings=warnings)
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
         raise InvalidArgumentError(f"labels must hold integer class ids, got dtype {labels.dtype}")
     sources = _check_sources(sources, labels.shape, "labels")
@@ -134,7 +143,7 @@ def write_segmentation(path, labels: np.ndarray, sources: Sequence[Dataset], cla
                               omit_empty_frames=False,  # every slice of every segment, so readers get the full grid
                               content_label="LABELS", content_description="ldseg_rt segmentation",
                               **_output_identity(sources, algorithm))
-    return _save(path, seg)
+    return _save(path, seg, warnings)
 
 
 def _unit_interval(array, name: str, shape: str) -> np.ndarray:
@@ -151,7 +160,8 @@ def _unit_interval(array, name: str, shape: str) -> np.ndarray:
 
 
 def write_probability_segmentation(path, probabilities: np.ndarray, sources: Sequence[Dataset],
-                                   class_names: Sequence[str], algorithm: tuple[str, str] | None = None) -> Path:
+                                   class_names: Sequence[str], algorithm: tuple[str, str] | None = None,
+                                   warnings: Sequence[str] = ()) -> Path:
     """Write the foreground classes' probabilities (C, I, J, K) in [0, 1] (class 0, the
     background, is left out) as a FRACTIONAL DICOM Segmentation of type PROBABILITY, stored in
     steps of 1/255. Segment numbers and labels as in `write_segmentation`. Returns `path`."""
@@ -168,12 +178,12 @@ def write_probability_segmentation(path, probabilities: np.ndarray, sources: Seq
                               omit_empty_frames=False,
                               content_label="PROBABILITIES", content_description="ldseg_rt class probabilities",
                               **_output_identity(sources, algorithm))
-    return _save(path, seg)
+    return _save(path, seg, warnings)
 
 
 def write_parametric_map(path, values: np.ndarray, sources: Sequence[Dataset], label: str = "uncertainty",
                          unit=codes.UCUM.NoUnits, explanation: str = "normalised predictive entropy",
-                         algorithm: tuple[str, str] | None = None) -> Path:
+                         algorithm: tuple[str, str] | None = None, warnings: Sequence[str] = ()) -> Path:
     """Write `values` (I, J, K) in [0, 1] (e.g. the normalised predictive entropy) as a DICOM
     Parametric Map of float pixels, its Real World Value Mapping named `label` (at most 16
     characters) in `unit` (a pydicom Code or highdicom CodedConcept; UCUM "1", no units, by
@@ -193,4 +203,4 @@ def write_parametric_map(path, values: np.ndarray, sources: Sequence[Dataset], l
                              content_label=re.sub(r"[^A-Z0-9_ ]", "_", label.upper()),
                              content_description=f"ldseg_rt {label}",
                              **_output_identity(sources, algorithm))
-    return _save(path, pm)
+    return _save(path, pm, warnings)

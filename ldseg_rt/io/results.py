@@ -62,10 +62,11 @@ def _write_volume(folder: Path, result, formats, class_names, algorithm, skipped
             skipped.append("dicom-seg: the input is not a DICOM series, so there is nothing to reference")
         else:
             from .dicom_outputs import write_parametric_map, write_probability_segmentation, write_segmentation
-            write_segmentation(folder / "segmentation.dcm", result.mask, volume.source, class_names, algorithm=algorithm)
+            marks = dict(algorithm=algorithm, warnings=[str(w) for w in result.warnings])
+            write_segmentation(folder / "segmentation.dcm", result.mask, volume.source, class_names, **marks)
             write_probability_segmentation(folder / "probabilities.dcm", result.probs, volume.source, class_names,
-                                           algorithm=algorithm)
-            write_parametric_map(folder / "uncertainty.dcm", result.uncertainty, volume.source, algorithm=algorithm)
+                                           **marks)
+            write_parametric_map(folder / "uncertainty.dcm", result.uncertainty, volume.source, **marks)
     if "png" in formats:
         skipped.append("png: a volume is written as NIfTI, DICOM or NPY")
 

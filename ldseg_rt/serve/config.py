@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
-from ..options import EngineOptions, SegmentOptions
-from .dicom_node import DEFAULT_AE_TITLE, DEFAULT_QUIET
+from ..options import EngineOptions, NodeOptions, SegmentOptions
 from .oip.limits import DEFAULT_MAX_N, DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
+# The settings of the DICOM node that NodeOptions owns (allow_ae is its allowed_aes).
+NODE_SETTINGS = ("ae_title", "quiet", "incomplete_after", "idle_timeout", "max_associations", "send_retries",
+                 "send_backoff", "keep_received")
 
 
 @dataclass
@@ -39,13 +41,20 @@ class ServeConfig:
     seed: int | None = None  # DICOM series; None: derived from the SeriesInstanceUID (reproducible)
     http: str = f"{LOOPBACK}:8000"  # HOST:PORT or "off"
     dicom: str | None = None  # HOST:PORT of the DICOM node; None: no node
-    ae_title: str = DEFAULT_AE_TITLE
+    # How the DICOM node meets the network: None takes NodeOptions' defaults.
+    ae_title: str | None = None
     allow_ae: list[str] = field(default_factory=list)
     destination: str | None = None  # AE@HOST:PORT
     output_dir: str | None = None
     spool: str | None = None
     select: str | None = None  # series rule, as `segment --select`
-    quiet: float = DEFAULT_QUIET
+    quiet: float | None = None
+    incomplete_after: float | None = None
+    idle_timeout: float | None = None
+    max_associations: int | None = None
+    send_retries: int | None = None
+    send_backoff: float | None = None
+    keep_received: bool | None = None
     queue: int = 8
     token_file: str | None = None
     tls_cert: str | None = None
@@ -65,8 +74,8 @@ class ServeConfig:
         n = self.segment_options().n
         if n > self.max_n:
             raise InvalidArgumentError(f"n ({n}) is more than max_n ({self.max_n})")
-        if not self.quiet > 0 or not self.max_request_mb > 0:
-            raise InvalidArgumentError("quiet and max_request_mb must be positive")
+        if not self.max_request_mb > 0:
+            raise InvalidArgumentError("max_request_mb must be positive")
         if self.http_address is None and self.dicom_address is None:
             raise InvalidArgumentError("both doors are off: give --http HOST:PORT or --dicom HOST:PORT")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -74,6 +83,7 @@ class ServeConfig:
         if self.dicom is not None:
             if not self.allow_ae:
                 raise InvalidArgumentError("the DICOM node accepts only configured callers: give --allow-ae A,B")
+            self.node_options()
             if (self.destination is None) == (self.output_dir is None):
                 raise InvalidArgumentError("the DICOM node needs exactly one of --destination AE@HOST:PORT and "
                                            "--output-dir DIR")
@@ -84,6 +94,11 @@ class ServeConfig:
     def engine_options(self) -> EngineOptions:
         return EngineOptions.of(**{k: v for k, v in (("backend", self.backend), ("precision", self.precision))
                                    if v is not None})
+
+    def node_options(self) -> NodeOptions:
+        """How the DICOM node meets the network (NodeOptions checks each setting)."""
+        given = {name: getattr(self, name) for name in NODE_SETTINGS if getattr(self, name) is not None}
+        return NodeOptions.of(allowed_aes=tuple(self.allow_ae), **given)
 
     def segment_options(self) -> SegmentOptions:
         """How series (and, for what a request does not say, images) are segmented."""
@@ -111,6 +126,8 @@ class ServeConfig:
 # What each setting of a config file must be (str where not listed).
 _INTEGER, _NUMBER = (int, "an integer"), ((int, float), "a number")
 _TYPES = {"n": _INTEGER, "max_n": _INTEGER, "steps": _INTEGER, "seed": _INTEGER, "queue": _INTEGER, "quiet": _NUMBER,
+          "incomplete_after": _NUMBER, "idle_timeout": _NUMBER, "max_associations": _INTEGER,
+          "send_retries": _INTEGER, "send_backoff": _NUMBER, "keep_received": (bool, "true or false"),
           "max_request_mb": _NUMBER, "allow_ae": (list, "a list of AE titles")}
 
 
@@ -145,7 +162,7 @@ def load_config(path) -> ServeConfig:
         values["allow_ae"] = split_list(values["allow_ae"])
     for key, value in values.items():
         kind, what = _TYPES.get(key, (str, "a string"))
-        if isinstance(value, bool) or not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             raise InvalidArgumentError(f"config file {path}: {key} = {value!r} should be {what}")
     if not all(isinstance(ae, str) for ae in values.get("allow_ae", [])):
         raise InvalidArgumentError(f"config file {path}: allow_ae should be a list of AE titles")

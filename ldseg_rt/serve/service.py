@@ -46,8 +46,8 @@ class Service:
             from .dicom_node import DicomNode
             from .spool import Spool
             self.dicom = DicomNode(
-                self.segmenter, self.work, self.metrics, Spool(Path(config.spool)), ae_title=config.ae_title,
-                allowed_aes=config.allow_ae, options=config.segment_options(), quiet=config.quiet,
+                self.segmenter, self.work, self.metrics, Spool(Path(config.spool)), options=config.segment_options(),
+                node=config.node_options(),
                 destination=Destination.parse(config.destination) if config.destination else None,
                 output_dir=Path(config.output_dir) if config.output_dir else None)
 
@@ -62,7 +62,7 @@ class Service:
             raise
         log.info("serving %s: http %s, dicom %s, queue %d", self.segmenter.model_name,
                  self.http.url if self.http_port else "off",
-                 f"{self.config.ae_title}@{self.config.dicom_address[0]}:{self.dicom_port}" if self.dicom_port
+                 f"{self.dicom.node.ae_title}@{self.config.dicom_address[0]}:{self.dicom_port}" if self.dicom_port
                  else "off", self.config.queue)
         return self
 

@@ -1,26 +1,36 @@
 """The DICOM node's durable spool: the one truth about every series received, so that nothing
 acknowledged is lost and nothing is processed or sent twice across crashes and restarts.
 
-Layout (SPOOL = the folder given; one node per spool):
+Layout (SPOOL = the folder given; one node per spool). A JOB is one segmentation of a series:
+its SeriesInstanceUID for the first, UID+2, UID+3, ... for instances that arrived after the
+series had been segmented (a job's results replace nothing: they are a new series).
 
-    SPOOL/incoming/<SeriesInstanceUID>/<SOPInstanceUID>.dcm   instances received, as sent
-    SPOOL/results/<SeriesInstanceUID>/                        the case folder (write_case: whole or absent)
-    SPOOL/sent/<SeriesInstanceUID>/<file name>                marker: that object reached the destination;
-                                                              holds its SOP Instance UID
-    SPOOL/done/<key>.json                                     done record; key = sha256(series UID + model sha256)
-    SPOOL/failed/<SeriesInstanceUID>/                         instances of a series that could not be read
+    SPOOL/incoming/<JOB>/<SOPInstanceUID>.dcm    images received, as sent
+    SPOOL/aside/<JOB>/<SOPInstanceUID>.dcm       objects of the series that are not images (SR, ...)
+    SPOOL/state/<JOB>.json                       how its associations ended: {"broken": reason or null}
+    SPOOL/results/<JOB>/                         the case folder (write_case: whole or absent)
+    SPOOL/sent/<JOB>/<file name>                 marker: that object reached the destination;
+                                                 holds its SOP Instance UID
+    SPOOL/done/<key>.json                        done record; key = sha256(JOB + model sha256)
+    SPOOL/failed/<JOB>/                          instances of a job that could not be read or completed
+    SPOOL/undelivered/<JOB>/                     results the destination never took, with reason.txt
+    SPOOL/received/<JOB>/                        a done job's instances, with --keep-received
 
 Every file is written to a hidden temporary name, flushed and fsynced, renamed into place and
 its folder fsynced, so after a crash a name holds either nothing or the whole file. What is on
 disk after each step, and what the node does with it on restart:
 
-1. an instance acknowledged: it is in incoming/ (written before the 0x0000 status went out);
-   restart: a series with instances and no results is segmented again (same seed, same result);
-2. results written: results/<uid>/ complete (result.json is written last, the folder renamed
+1. an instance acknowledged: it is in incoming/ (or aside/), written before the 0x0000 status
+   went out; each association's end is recorded in state/; restart: a job whose associations
+   all ended in a normal release is segmented once quiet (same seed, same result), one without
+   that record waits for a resend like an aborted one;
+2. results written: results/<job>/ complete (result.json is written last, the folder renamed
    in whole); restart: delivered, nothing recomputed;
 3. each object sent: its marker in sent/; restart: only the objects without one are sent;
-4. delivered: the done record in done/; restart: leftovers of the series removed, nothing sent;
-5. the series' incoming/, results/ and sent/ folders removed (failed ones moved to failed/).
+4. done (delivered, or given up and moved to undelivered/): the done record in done/; restart:
+   leftovers of the job removed, nothing sent;
+5. the job's incoming/, aside/, results/, sent/ and state/ entries removed (its instances moved
+   to failed/ when it failed, to received/ when they are kept).
 
 One node at a time: `lock()` takes an exclusive lock on SPOOL/.lock (released by the kernel
 when the process dies, so a kill -9 never leaves the spool locked).
@@ -46,12 +56,21 @@ from ..io.results import is_complete
 # UIDs are digits and dots; a little more is let through for non-conformant senders, but
 # nothing that could name another folder ("..", "/").
 _UID = re.compile(r"[0-9A-Za-z_\-][0-9A-Za-z._\-]{0,63}")
-_FOLDERS = ("incoming", "results", "sent", "done", "failed")
+_FOLDERS = ("incoming", "aside", "state", "results", "sent", "done", "failed", "undelivered", "received")
+JOB_SEPARATOR = "+"  # not a UID character: UID+2 names the second job of series UID
 
 
-def idempotency_key(series_uid: str, model_sha256: str | None) -> str:
-    """The key of a series' one result: the same series with the same model is done once."""
-    return hashlib.sha256((series_uid + (model_sha256 or "")).encode()).hexdigest()
+def job_name(series_uid: str, generation: int) -> str:
+    return series_uid if generation == 1 else f"{series_uid}{JOB_SEPARATOR}{generation}"
+
+
+def series_of(job: str) -> str:
+    return job.split(JOB_SEPARATOR, 1)[0]
+
+
+def idempotency_key(job: str, model_sha256: str | None) -> str:
+    """The key of a job's one result: the same job with the same model is done once."""
+    return hashlib.sha256((job + (model_sha256 or "")).encode()).hexdigest()
 
 
 def check_uid(uid: str, what: str) -> str:
@@ -126,53 +145,101 @@ class Spool:
             self._lock = None
 
     # --- where things are
-    def instances(self, series_uid: str) -> Path:
-        return self.root / "incoming" / series_uid
+    def instances(self, job: str) -> Path:
+        return self.root / "incoming" / job
 
-    def results(self, series_uid: str) -> Path:
-        return self.root / "results" / series_uid
+    def aside(self, job: str) -> Path:
+        return self.root / "aside" / job
 
-    def failed(self, series_uid: str) -> Path:
-        return self.root / "failed" / series_uid
+    def results(self, job: str) -> Path:
+        return self.root / "results" / job
 
-    def _sent_folder(self, series_uid: str) -> Path:
-        return self.root / "sent" / series_uid
+    def failed(self, job: str) -> Path:
+        return self.root / "failed" / job
+
+    def undelivered(self, job: str) -> Path:
+        return self.root / "undelivered" / job
+
+    def received(self, job: str) -> Path:
+        return self.root / "received" / job
+
+    def _sent_folder(self, job: str) -> Path:
+        return self.root / "sent" / job
+
+    def _state_path(self, job: str) -> Path:
+        return self.root / "state" / f"{job}.json"
 
     def _done_path(self, key: str) -> Path:
         return self.root / "done" / f"{key}.json"
 
     # --- writing
-    def store(self, series_uid: str, sop_uid: str, data: bytes) -> Path:
-        """An instance, durably; a resent instance replaces itself."""
-        check_uid(series_uid, "SeriesInstanceUID")
+    def store(self, job: str, sop_uid: str, data: bytes, aside: bool = False) -> Path:
+        """An instance, durably (an object that is not an image `aside`); a resent instance
+        replaces itself."""
+        check_uid(series_of(job), "SeriesInstanceUID")
         check_uid(sop_uid, "SOPInstanceUID")
-        return write_durably(self.instances(series_uid) / f"{sop_uid}.dcm", data)
+        return write_durably((self.aside(job) if aside else self.instances(job)) / f"{sop_uid}.dcm", data)
 
-    def mark_sent(self, series_uid: str, name: str, sop_uid: str) -> None:
+    def seed(self, job: str, earlier: list[str]) -> int:
+        """Give a new job the images its series' earlier jobs still hold in the spool (in
+        incoming/ or received/), linked, not copied; how many."""
+        target = self.instances(job)
+        linked = 0
+        for folder in [self.instances(e) for e in earlier] + [self.received(e) for e in earlier]:
+            for path in _visible(folder):
+                if not (target / path.name).exists():
+                    target.mkdir(parents=True, exist_ok=True)
+                    os.link(path, target / path.name)
+                    linked += 1
+        if linked:
+            _fsync_folder(target)
+        return linked
+
+    def write_state(self, job: str, broken: str | None) -> None:
+        """How the associations that brought the job's instances ended (None: all released)."""
+        write_durably(self._state_path(job), json.dumps({"broken": broken}).encode())
+
+    def state(self, job: str) -> dict | None:
+        path = self._state_path(job)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def mark_sent(self, job: str, name: str, sop_uid: str) -> None:
         """Record that results file `name` (its SOP Instance UID `sop_uid`) reached the destination."""
-        write_durably(self._sent_folder(series_uid) / name, sop_uid.encode())
+        write_durably(self._sent_folder(job) / name, sop_uid.encode())
+
+    def keep_undelivered(self, job: str, reason: str) -> Path:
+        """Move the job's results to undelivered/<job>/, with the reason beside them."""
+        write_durably(self.results(job) / "reason.txt", (reason + "\n").encode())
+        with replacing(self.undelivered(job)) as tmp:
+            os.replace(self.results(job), tmp)
+        return self.undelivered(job)
 
     def record_done(self, key: str, record: dict) -> None:
         write_durably(self._done_path(key), (json.dumps(record, indent=2) + "\n").encode())
 
-    def clean(self, series_uid: str, keep_instances: bool = False) -> None:
-        """Remove a finished series' instances (moved to failed/ with keep_instances), results
-        and markers. Safe to repeat: the done record says the series is finished."""
-        instances = self.instances(series_uid)
-        if keep_instances and instances.is_dir():
-            with replacing(self.failed(series_uid)) as tmp:
-                os.replace(instances, tmp)
-        for folder in (instances, self.results(series_uid), self._sent_folder(series_uid)):
+    def clean(self, job: str, keep_in: Path | None = None) -> None:
+        """Remove a finished job's instances (moved to the folder `keep_in`, failed/<job> or
+        received/<job>, where given), results, markers and state. Safe to repeat: the done
+        record says the job is finished."""
+        instances = self.instances(job)
+        if keep_in is not None and (instances.is_dir() or self.aside(job).is_dir()):
+            with replacing(keep_in) as tmp:
+                tmp.mkdir()
+                for folder in (instances, self.aside(job)):
+                    for path in _visible(folder):
+                        os.replace(path, tmp / path.name)
+        for folder in (instances, self.aside(job), self.results(job), self._sent_folder(job)):
             shutil.rmtree(folder, ignore_errors=True)
+        self._state_path(job).unlink(missing_ok=True)
 
-    def discard_results(self, series_uid: str) -> None:
+    def discard_results(self, job: str) -> None:
         """Remove results (and their markers) that are not this model's, to compute them anew."""
-        for folder in (self.results(series_uid), self._sent_folder(series_uid)):
+        for folder in (self.results(job), self._sent_folder(job)):
             shutil.rmtree(folder, ignore_errors=True)
 
     def recover_temporaries(self) -> None:
         """Remove the hidden temporaries a crashed writer left (no writer runs at start)."""
-        for folder in (self.root / "incoming", self.root / "results", self.root / "sent", self.root / "done"):
+        for folder in (self.root / name for name in _FOLDERS):
             for path in [folder, *(p for p in folder.iterdir() if p.is_dir())]:
                 for leftover in path.glob(".*"):
                     if leftover.is_dir():
@@ -181,23 +248,34 @@ class Spool:
                         leftover.unlink(missing_ok=True)
 
     # --- reading
-    def series(self) -> list[str]:
-        """Every series with something in incoming/, results/ or sent/."""
-        return sorted({p.name for name in ("incoming", "results", "sent") for p in _visible(self.root / name)})
+    def jobs(self) -> list[str]:
+        """Every job with something in incoming/, aside/, state/, results/ or sent/."""
+        names = {p.name for name in ("incoming", "aside", "results", "sent") for p in _visible(self.root / name)}
+        return sorted(names | {p.stem for p in _visible(self.root / "state")})
 
-    def instance_count(self, series_uid: str) -> int:
-        return len(_visible(self.instances(series_uid)))
+    def kept_jobs(self, series_uid: str) -> list[str]:
+        """The jobs of a series whose instances received/ keeps."""
+        return [p.name for p in _visible(self.root / "received") if series_of(p.name) == series_uid]
 
-    def results_complete(self, series_uid: str) -> bool:
-        return is_complete(self.results(series_uid))
+    def instance_count(self, job: str) -> int:
+        return len(_visible(self.instances(job)))
 
-    def sidecar(self, series_uid: str) -> dict:
+    def aside_count(self, job: str) -> int:
+        return len(_visible(self.aside(job)))
+
+    def results_complete(self, job: str) -> bool:
+        return is_complete(self.results(job))
+
+    def sidecar(self, job: str) -> dict:
         """The results' result.json."""
-        return json.loads((self.results(series_uid) / "result.json").read_text())
+        return json.loads((self.results(job) / "result.json").read_text())
 
-    def sent(self, series_uid: str) -> dict[str, str]:
+    def sent(self, job: str) -> dict[str, str]:
         """{file name: SOP Instance UID} of the results objects already sent."""
-        return {p.name: p.read_text() for p in _visible(self._sent_folder(series_uid))}
+        return {p.name: p.read_text() for p in _visible(self._sent_folder(job))}
+
+    def done_records(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in _visible(self.root / "done") if p.suffix == ".json"]
 
     def done(self, key: str) -> dict | None:
         """The done record, or None."""

@@ -1,7 +1,9 @@
 """The DICOM node against real pynetdicom peers on 127.0.0.1: a scanner (SCU) sends synthetic
 series, a destination (SCP) collects what the node sends back."""
+import dataclasses
 import hashlib
 import json
+import logging
 import socket
 import time
 from contextlib import contextmanager
@@ -11,10 +13,11 @@ import numpy as np
 import pydicom
 import pytest
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import MRImageStorage, ParametricMapStorage, SegmentationStorage
+from pynetdicom.sop_class import EnhancedSRStorage, MRImageStorage, ParametricMapStorage, SegmentationStorage
 
-from dicom_factory import write_series
-from ldseg_rt import SegmentOptions, Segmenter
+from dcmtk import KINDS, compress, echoscu, needs_dcmtk, storescp, storescu
+from dicom_factory import base_dataset, save, write_series
+from ldseg_rt import NodeOptions, SegmentOptions, Segmenter
 from ldseg_rt.cli import main
 from ldseg_rt.errors import InvalidArgumentError
 from ldseg_rt.io.dicom_series import read_dicom_series
@@ -76,8 +79,8 @@ def counter(metrics: Metrics, name: str, **labels) -> float:
 
 
 @contextmanager
-def destination_scp(port: int = 0):
-    """A destination AE collecting what it receives: (port, list of datasets)."""
+def destination_scp(port: int = 0, sop_classes=(SegmentationStorage, ParametricMapStorage)):
+    """A destination AE accepting `sop_classes`, collecting what it receives: (port, list of datasets)."""
     received = []
 
     def on_store(event):
@@ -87,7 +90,7 @@ def destination_scp(port: int = 0):
         return 0x0000
 
     ae = AE(PACS)
-    for sop_class in (SegmentationStorage, ParametricMapStorage):
+    for sop_class in sop_classes:
         ae.add_supported_context(sop_class)
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
@@ -115,14 +118,20 @@ def send(port: int, files) -> list[int]:
         return [int(assoc.send_c_store(f).Status) for f in files]
 
 
+NODE_SETTINGS = {f.name for f in dataclasses.fields(NodeOptions)}
+
+
 @contextmanager
-def running_node(segmenter, spool_dir, capacity: int = 4, select: str | None = None, **options):
-    """A started DicomNode (n=2, steps=2, quiet 0.5 s, retry 0.2 s) with a work queue of its
-    own: (node, port, metrics); stopped, and its queue closed, after."""
+def running_node(segmenter, spool_dir, capacity: int = 4, select: str | None = None, **settings):
+    """A started DicomNode (n=2, steps=2, quiet 0.5 s, send backoff 0.2 s; settings: NodeOptions'
+    and destination or output_dir) with a work queue of its own: (node, port, metrics);
+    stopped, and its queue closed, after."""
     work, metrics = WorkQueue(capacity), Metrics()
-    options = {"quiet": 0.5, "retry": 0.2, "min_free_bytes": 2 ** 20, **options}
-    node = DicomNode(segmenter, work, metrics, Spool(spool_dir), ae_title=NODE_AE, allowed_aes=[SCANNER],
-                     options=SegmentOptions(n=N, steps=STEPS, select=select), **options)
+    node_settings = {"ae_title": NODE_AE, "allowed_aes": (SCANNER,), "quiet": 0.5, "send_backoff": 0.2,
+                     "min_free_bytes": 2 ** 20, **{k: v for k, v in settings.items() if k in NODE_SETTINGS}}
+    node = DicomNode(segmenter, work, metrics, Spool(spool_dir), node=NodeOptions(**node_settings),
+                     options=SegmentOptions(n=N, steps=STEPS, select=select),
+                     **{k: v for k, v in settings.items() if k not in NODE_SETTINGS})
     port = node.start()
     try:
         yield node, port, metrics
@@ -141,15 +150,20 @@ def spooled(spool_dir) -> list[str]:
                   for p in (spool_dir / name).rglob("*") if p.is_file())
 
 
-def check_received(received, segmenter, series) -> None:
-    """One Segmentation and one Parametric Map of the series, in its study and frame of
-    reference, holding the segmenter's mask and uncertainty for the derived seed, slice by slice."""
+def kind(ds) -> str:
+    return ds.get("SegmentationType", "PM")
+
+
+def check_received(received, segmenter, series, seed=None) -> None:
+    """A binary and a fractional Segmentation and a Parametric Map of the series, in its study
+    and frame of reference, holding the segmenter's mask, probabilities and uncertainty for the
+    derived seed, slice by slice."""
     folder, files, series_uid = series
-    assert sorted(str(ds.SOPClassUID) for ds in received) == sorted([ParametricMapStorage, SegmentationStorage])
+    assert sorted(kind(ds) for ds in received) == ["BINARY", "FRACTIONAL", "PM"]
     sources = [pydicom.dcmread(f) for f in files]
     slice_of = {str(ds.SOPInstanceUID): k for k, ds in enumerate(sources)}
-    expected = segmenter.segment_volume(read_dicom_series(folder), n=N, seed=derived_seed(series_uid), steps=STEPS,
-                                        progress=False)
+    expected = segmenter.segment_volume(read_dicom_series(folder), n=N, steps=STEPS, progress=False,
+                                        seed=derived_seed(series_uid) if seed is None else seed)
     assert len(np.unique(expected.mask)) > 1  # a mask of one class would compare equal too easily
     for ds in received:
         assert ds.StudyInstanceUID == sources[0].StudyInstanceUID
@@ -161,7 +175,11 @@ def check_received(received, segmenter, series) -> None:
         seen = set()
         for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
             k = slice_of[str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)]
-            if ds.SOPClassUID == SegmentationStorage:
+            if kind(ds) == "FRACTIONAL":
+                segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+                np.testing.assert_allclose(frames[f] / 255, expected.probs[segment, :, :, k].T, atol=0.5 / 255 + 1e-6)
+                seen.add((k, segment))
+            elif kind(ds) == "BINARY":
                 segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
                 np.testing.assert_array_equal(frames[f], expected.mask[:, :, k].T == segment, err_msg=f"slice {k}")
                 seen.add((k, segment))
@@ -171,6 +189,7 @@ def check_received(received, segmenter, series) -> None:
         assert seen == ({(k, s) for k in range(4) for s in (1, 2)} if ds.SOPClassUID == SegmentationStorage
                         else set(range(4)))
     assert hd.seg.Segmentation.from_dataset(next(ds for ds in received if ds.Modality == "SEG")).number_of_segments == 2
+    return expected
 
 
 def test_destination_and_arguments_are_checked(segmenter, tmp_path):
@@ -182,11 +201,17 @@ def test_destination_and_arguments_are_checked(segmenter, tmp_path):
     work = WorkQueue(1)
     try:
         for options in ({"destination": "PACS@h:104", "output_dir": tmp_path}, {},
-                        {"destination": "PACS@h:104", "allowed_aes": ()}):
+                        {"destination": "PACS@h:104", "node": NodeOptions(allowed_aes=())}):
             with pytest.raises(InvalidArgumentError):
-                DicomNode(segmenter, work, Metrics(), Spool(tmp_path / "spool"), **options)
+                DicomNode(segmenter, work, Metrics(), Spool(tmp_path / "spool"),
+                          **{"node": NodeOptions(allowed_aes=(SCANNER,)), **options})
     finally:
         work.close()
+    for settings, words in (({"quiet": 0}, "quiet"), ({"max_associations": 0}, "max_associations"),
+                            ({"send_retries": -1}, "send_retries"), ({"allowed_aes": "SCANNER"}, "allowed_aes"),
+                            ({"ae_title": "A" * 17}, "ae_title"), ({"keep_received": 1}, "keep_received")):
+        with pytest.raises(InvalidArgumentError, match=words):
+            NodeOptions(**settings)
 
 
 def test_a_series_is_segmented_and_its_results_sent_to_the_destination(segmenter, series, tmp_path):
@@ -195,7 +220,7 @@ def test_a_series_is_segmented_and_its_results_sent_to_the_destination(segmenter
             running_node(segmenter, spool_dir, destination=f"{PACS}@127.0.0.1:{pacs_port}") as (node, port, metrics):
         with scanner(port) as assoc:
             assert [assoc.send_c_store(f).Status for f in series[1][:2]] == [0x0000] * 2
-            time.sleep(3 * node.quiet)  # quiet, but the association is open: the series is not complete
+            time.sleep(3 * node.node.quiet)  # quiet, but the association is open: the series is not complete
             assert not Spool(spool_dir).results(series[2]).exists()
             assert [assoc.send_c_store(f).Status for f in series[1][2:]] == [0x0000] * 2
         record = wait_for(lambda: done_record(spool_dir, segmenter, series[2]), "the done record")
@@ -219,30 +244,40 @@ def test_an_association_from_a_caller_not_allowed_or_to_another_title_is_rejecte
     assert spooled(tmp_path / "spool") == []
 
 
-@pytest.mark.parametrize("shortage", ["queue full", "disk short"])
-def test_a_new_series_is_refused_when_there_is_no_room_but_an_admitted_one_goes_on(segmenter, tmp_path, shortage):
+def test_a_new_series_is_refused_when_the_disk_is_short_but_an_admitted_one_goes_on(segmenter, tmp_path):
     first = write_series(tmp_path / "a", phantom())
     other = write_series(tmp_path / "b", phantom())
     spool_dir = tmp_path / "spool"
-    with running_node(segmenter, spool_dir, capacity=2, quiet=60, destination="PACS@127.0.0.1:1") as (node, port,
-                                                                                                      metrics):
+    with running_node(segmenter, spool_dir, quiet=60, destination="PACS@127.0.0.1:1") as (node, port, metrics):
         with scanner(port) as assoc:
             assert assoc.send_c_store(first[0]).Status == 0x0000
-            if shortage == "queue full":
-                held = node.work.admit()  # the second and last place
-            else:
-                node.min_free_bytes = 2 ** 62
+            node.node = dataclasses.replace(node.node, min_free_bytes=2 ** 62)
             assert assoc.send_c_store(other[0]).Status == 0xA700
             assert assoc.send_c_store(first[1]).Status == 0x0000
-        if shortage == "queue full":
-            held.release()
         assert counter(metrics, "ldseg_requests_total", door="dicom", outcome="busy") == 1
     first_uid = str(pydicom.dcmread(first[0]).SeriesInstanceUID)
     assert [p.split("/")[1] for p in spooled(spool_dir)] == [first_uid] * 2  # nothing of the refused series
 
 
-def test_after_a_restart_a_spooled_series_is_processed_once_and_a_resend_is_acknowledged(segmenter, series,
-                                                                                         tmp_path):
+def test_open_associations_hold_no_place_in_the_queue_and_a_complete_series_waits_for_one(segmenter, series,
+                                                                                          tmp_path):
+    spool_dir = tmp_path / "spool"
+    with destination_scp() as (pacs_port, received), \
+            running_node(segmenter, spool_dir, capacity=1, destination=f"{PACS}@127.0.0.1:{pacs_port}") as (node, port,
+                                                                                                          metrics):
+        with scanner(port) as assoc:
+            assert assoc.send_c_store(series[1][0]).Status == 0x0000
+            held = node.work.admit()  # the only place, taken while the association is open: not refused
+            assert [assoc.send_c_store(f).Status for f in series[1][1:]] == [0x0000] * 3
+        time.sleep(4 * node.node.quiet)
+        assert done_record(spool_dir, segmenter, series[2]) is None  # complete, but no place yet
+        held.release()
+        wait_for(lambda: done_record(spool_dir, segmenter, series[2]), "the done record")
+    check_received(received, segmenter, series)
+
+
+def test_after_a_restart_a_spooled_series_is_processed_once_and_a_resend_is_a_new_series(segmenter, series,
+                                                                                          tmp_path):
     spool_dir = tmp_path / "spool"
     with destination_scp() as (pacs_port, received):
         destination = f"{PACS}@127.0.0.1:{pacs_port}"
@@ -250,25 +285,29 @@ def test_after_a_restart_a_spooled_series_is_processed_once_and_a_resend_is_ackn
             assert send(port, series[1]) == [0x0000] * 4
         assert len(spooled(spool_dir)) == 4 and received == []  # stopped before the series was complete
         with running_node(segmenter, spool_dir, destination=destination) as (node, port, metrics):
-            wait_for(lambda: done_record(spool_dir, segmenter, series[2]), "the done record")
-            assert send(port, series[1]) == [0x0000] * 4
-            wait_for(lambda: counter(metrics, "ldseg_series_total", outcome="duplicate") == 1, "the duplicate")
-            time.sleep(1.0)  # more than quiet: a resend that was taken for a new series would be processing
-        assert sorted(str(ds.SOPClassUID) for ds in received) == sorted([ParametricMapStorage, SegmentationStorage])
-        assert counter(metrics, "ldseg_series_total", outcome="segmented") == 1
+            first = wait_for(lambda: done_record(spool_dir, segmenter, series[2]), "the done record")
+            assert len(received) == 3
+            assert send(port, series[1]) == [0x0000] * 4  # the scanner sends the whole series again
+            second = wait_for(lambda: done_record(spool_dir, segmenter, f"{series[2]}+2"), "the second job")
+        assert counter(metrics, "ldseg_series_total", outcome="segmented") == 2
         assert spooled(spool_dir) == []
+        # the second job's results are a series of their own: they replace nothing
+        assert first["outcome"] == second["outcome"] == "segmented" and second["instances"] == 4
+        assert not set(first["output_series"]) & set(second["output_series"])
+        assert {str(ds.SeriesInstanceUID) for ds in received[3:]} == set(second["output_series"])
+        check_received(received[3:], segmenter, series, seed=derived_seed(f"{series[2]}+2"))
         # a crash between the done record and the clean-up: the next start removes the leftover, sends nothing
         Spool(spool_dir).store(series[2], "1.2.3", series[1][0].read_bytes())
         with running_node(segmenter, spool_dir, destination=destination):
             assert spooled(spool_dir) == []
             time.sleep(1.0)
-        assert len(received) == 2
+        assert len(received) == 6
 
 
 def test_after_a_restart_only_the_objects_not_yet_sent_are_sent(segmenter, series, tmp_path):
     spool_dir = tmp_path / "spool"
     down = f"{PACS}@127.0.0.1:{free_port()}"
-    with running_node(segmenter, spool_dir, destination=down, retry=60) as (node, port, metrics):
+    with running_node(segmenter, spool_dir, destination=down, send_backoff=60) as (node, port, metrics):
         assert send(port, series[1]) == [0x0000] * 4
         wait_for(lambda: Spool(spool_dir).results_complete(series[2]), "the results")
     spool = Spool(spool_dir)
@@ -277,8 +316,8 @@ def test_after_a_restart_only_the_objects_not_yet_sent_are_sent(segmenter, serie
     with destination_scp() as (pacs_port, received), \
             running_node(segmenter, spool_dir, destination=f"{PACS}@127.0.0.1:{pacs_port}"):
         record = wait_for(lambda: done_record(spool_dir, segmenter, series[2]), "the done record")
-    assert [str(ds.SOPClassUID) for ds in received] == [ParametricMapStorage]
-    assert sorted(record["sent"]) == sorted([seg_uid, str(received[0].SOPInstanceUID)])
+    assert sorted(kind(ds) for ds in received) == ["FRACTIONAL", "PM"]
+    assert sorted(record["sent"]) == sorted([seg_uid, *(str(ds.SOPInstanceUID) for ds in received)])
 
 
 def test_results_wait_in_the_spool_until_the_destination_is_up(segmenter, series, tmp_path):
@@ -339,3 +378,182 @@ def test_a_series_the_rule_does_not_pick_is_skipped_and_one_that_cannot_be_read_
     assert spooled(spool_dir) == []
     assert counter(metrics, "ldseg_series_total", outcome="skipped") == 1
     assert counter(metrics, "ldseg_series_total", outcome="failed") == 1
+
+
+# --- what a hospital's network does
+
+
+def uid_of(path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+
+
+def test_an_aborted_series_waits_for_a_resend_and_is_then_segmented_whole(segmenter, series, tmp_path):
+    spool_dir = tmp_path / "spool"
+    with destination_scp() as (pacs_port, received), \
+            running_node(segmenter, spool_dir, destination=f"{PACS}@127.0.0.1:{pacs_port}") as (node, port, metrics):
+        ae = AE(SCANNER)
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+        assert [assoc.send_c_store(f).Status for f in series[1][:2]] == [0x0000] * 2
+        assoc.abort()  # the scanner drops the association mid-series
+        time.sleep(6 * node.node.quiet)
+        assert done_record(spool_dir, segmenter, series[2]) is None and received == []  # never from a part
+        assert send(port, series[1]) == [0x0000] * 4  # the full resend completes it
+        record = wait_for(lambda: done_record(spool_dir, segmenter, series[2]), "the done record")
+    assert record["outcome"] == "segmented" and record["instances"] == 4
+    check_received(received, segmenter, series)
+
+
+@pytest.mark.parametrize("break_it", ["abort", "refused store", "idle"])
+def test_a_series_nothing_completes_is_failed_after_incomplete_after(segmenter, series, tmp_path, monkeypatch,
+                                                                     break_it, caplog):
+    spool_dir = tmp_path / "spool"
+    with destination_scp() as (pacs_port, received), \
+            running_node(segmenter, spool_dir, destination=f"{PACS}@127.0.0.1:{pacs_port}", incomplete_after=2.0,
+                         idle_timeout=1.0) as (node, port, metrics):
+        ae = AE(SCANNER)
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+        assert [assoc.send_c_store(f).Status for f in series[1][:2]] == [0x0000] * 2
+        if break_it == "abort":
+            assoc.abort()
+        elif break_it == "refused store":
+            def full(*args, **kwargs):
+                raise OSError(28, "No space left on device")
+            monkeypatch.setattr(node.spool, "store", full)
+            assert assoc.send_c_store(series[1][2]).Status == 0xA700
+            monkeypatch.undo()
+            assoc.release()
+        else:  # the scanner goes silent: the node releases it after idle_timeout
+            wait_for(lambda: not assoc.is_established, "the node to end the idle association")
+        record = wait_for(lambda: done_record(spool_dir, segmenter, series[2]), "the failed record")
+    assert received == []
+    assert record["outcome"] == "failed" and record["reason"].startswith("incomplete:"), record["reason"]
+    assert ("refused" if break_it == "refused store" else "before a normal release") in record["reason"]
+    assert len(list((spool_dir / "failed" / series[2]).iterdir())) == 2  # what arrived is kept for inspection
+    assert spooled(spool_dir) == []
+
+
+def test_a_second_association_past_max_associations_is_rejected_and_c_echo_is_answered(segmenter, tmp_path):
+    with running_node(segmenter, tmp_path / "spool", destination="PACS@127.0.0.1:1", max_associations=1) as (
+            node, port, metrics):
+        with scanner(port) as first:
+            assert first is not None
+            ae = AE(SCANNER)
+            ae.add_requested_context(MRImageStorage)
+            second = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+            assert second.is_rejected  # a proper A-ASSOCIATE-RJ, not a dropped connection
+        echo = AE(SCANNER)
+        echo.add_requested_context("1.2.840.10008.1.1")
+        assoc = wait_for(lambda: (a := echo.associate("127.0.0.1", port, ae_title=NODE_AE)).is_established and a,
+                         "an association once the first ended")
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+
+
+def test_an_sr_in_the_series_is_set_aside_and_the_nodes_own_outputs_are_never_segmented(segmenter, series, tmp_path,
+                                                                                         caplog):
+    caplog.set_level(logging.INFO, logger="ldseg_rt")
+    spool_dir = tmp_path / "spool"
+    source = pydicom.dcmread(series[1][0])
+    note = base_dataset(EnhancedSRStorage, series[2], modality="SR", study_uid=str(source.StudyInstanceUID))
+    note.ValueType, note.CompletionFlag, note.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+    sr_path = save(note, tmp_path / "note.dcm")
+    with destination_scp() as (pacs_port, received), \
+            running_node(segmenter, spool_dir, destination=f"{PACS}@127.0.0.1:{pacs_port}") as (node, port, metrics):
+        ae = AE(SCANNER)
+        for sop_class in (MRImageStorage, EnhancedSRStorage, SegmentationStorage, ParametricMapStorage):
+            ae.add_requested_context(sop_class)
+        assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+        assert [assoc.send_c_store(f).Status for f in [*series[1][:2], sr_path, *series[1][2:]]] == [0x0000] * 5
+        assoc.release()
+        record = wait_for(lambda: done_record(spool_dir, segmenter, series[2]), "the done record")
+        # a router sends the node's outputs back to it: acknowledged, and nothing new is segmented
+        assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+        assert [assoc.send_c_store(ds).Status for ds in list(received)] == [0x0000] * 3
+        assoc.release()
+        time.sleep(4 * node.node.quiet)
+        assert Spool(spool_dir).jobs() == []
+    assert record["outcome"] == "segmented" and record["instances"] == 4
+    check_received(received, segmenter, series)
+    assert len(received) == 3
+    assert "3 of the node's own outputs ignored" in caplog.text and "1 other object(s) set aside" in caplog.text
+
+
+def test_a_destination_that_takes_only_seg_gets_the_seg_and_one_down_is_given_up(segmenter, series, tmp_path,
+                                                                                  caplog):
+    spool_dir = tmp_path / "spool"
+    with destination_scp(sop_classes=(SegmentationStorage,)) as (pacs_port, received), \
+            running_node(segmenter, spool_dir, destination=f"{PACS}@127.0.0.1:{pacs_port}") as (node, port, metrics):
+        assert send(port, series[1]) == [0x0000] * 4
+        record = wait_for(lambda: done_record(spool_dir, segmenter, series[2]), "the done record")
+    assert sorted(kind(ds) for ds in received) == ["BINARY", "FRACTIONAL"]
+    assert record["outcome"] == "segmented"
+    assert record["refused"] == {"uncertainty.dcm": "destination does not accept Parametric Map Storage"}
+    assert "refused uncertainty.dcm" in caplog.text
+    other = write_series(tmp_path / "b", phantom())
+    with running_node(segmenter, spool_dir, destination=f"{PACS}@127.0.0.1:{free_port()}", send_retries=1,
+                      send_backoff=0.1) as (node, port, metrics):
+        assert send(port, other) == [0x0000] * 4
+        record = wait_for(lambda: done_record(spool_dir, segmenter, uid_of(other[0])), "the undelivered record")
+    kept = spool_dir / "undelivered" / uid_of(other[0])
+    assert record["outcome"] == "undelivered" and "after 2 attempts" in record["reason"]
+    assert {"segmentation.dcm", "uncertainty.dcm", "result.json", "reason.txt"} <= {p.name for p in kept.iterdir()}
+    assert spooled(spool_dir) == []  # the series is done: no received images left
+
+
+def test_warnings_travel_in_the_outputs_and_the_received_images_are_kept_when_asked(segmenter, tmp_path):
+    stored = phantom(5)
+    stored[4] = 100  # a slice without contrast: segmented as background, with a warning
+    files = write_series(tmp_path / "flat", stored)
+    spool_dir = tmp_path / "spool"
+    with destination_scp() as (pacs_port, received), \
+            running_node(segmenter, spool_dir, destination=f"{PACS}@127.0.0.1:{pacs_port}",
+                         keep_received=True) as (node, port, metrics):
+        assert send(port, files) == [0x0000] * 5
+        record = wait_for(lambda: done_record(spool_dir, segmenter, uid_of(files[0])), "the done record")
+    assert record["warnings"] and "no contrast" in record["warnings"][0]
+    for ds in received:
+        assert "no contrast" in ds.ImageComments and "warnings" in ds.ContentDescription
+    assert len(list((spool_dir / "received" / uid_of(files[0])).iterdir())) == 5
+
+
+def test_a_wrong_called_ae_title_is_logged_as_such(segmenter, tmp_path, caplog):
+    with running_node(segmenter, tmp_path / "spool", destination="PACS@127.0.0.1:1") as (node, port, metrics):
+        with scanner(port, SCANNER, "NOT_THE_NODE") as assoc:
+            assert assoc is None
+        wait_for(lambda: "NOT_THE_NODE" in caplog.text, "the log line")
+    assert f"it called AE title 'NOT_THE_NODE', not this node's '{NODE_AE}'" in caplog.text
+
+
+# --- dcmtk as the scanner and the destination
+
+@needs_dcmtk
+@pytest.mark.parametrize("codec", ["jpegls", "rle"])
+def test_dcmtk_echoes_and_sends_a_compressed_series_that_is_segmented_as_the_uncompressed_one(segmenter, series,
+                                                                                               tmp_path, codec):
+    compressed = [compress(f, tmp_path / f"{f.name}.{codec}.dcm", codec) for f in series[1]]
+    assert {str(pydicom.dcmread(f).file_meta.TransferSyntaxUID) for f in compressed} == {KINDS[codec]}
+    spool_dir = tmp_path / "spool"
+    with destination_scp() as (pacs_port, received), \
+            running_node(segmenter, spool_dir, destination=f"{PACS}@127.0.0.1:{pacs_port}",
+                         allowed_aes=("ECHOSCU", "STORESCU")) as (node, port, metrics):
+        assert echoscu(port, NODE_AE).returncode == 0
+        sent = storescu(port, compressed, NODE_AE)
+        assert sent.returncode == 0, sent.stderr
+        record = wait_for(lambda: done_record(spool_dir, segmenter, series[2]), "the done record")
+    assert record["outcome"] == "segmented"
+    check_received(received, segmenter, series)  # the same as the uncompressed series gives
+
+
+@needs_dcmtk
+def test_a_dcmtk_destination_without_parametric_map_gets_the_segmentations(segmenter, series, tmp_path):
+    spool_dir = tmp_path / "spool"
+    with storescp(tmp_path / "pacs", PACS, sop_classes=[SegmentationStorage]) as (pacs_port, folder), \
+            running_node(segmenter, spool_dir, destination=f"{PACS}@127.0.0.1:{pacs_port}") as (node, port, metrics):
+        assert send(port, series[1]) == [0x0000] * 4
+        record = wait_for(lambda: done_record(spool_dir, segmenter, series[2]), "the done record")
+    stored = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+    assert sorted(kind(ds) for ds in stored) == ["BINARY", "FRACTIONAL"]
+    assert sorted(record["sent"]) == sorted(str(ds.SOPInstanceUID) for ds in stored)
+    assert list(record["refused"]) == ["uncertainty.dcm"]
